@@ -1,0 +1,185 @@
+"""Frozen CLIP (open_clip) with MRAD's dual-path V-V encoder, and the text tower for MRAD-CLIP.
+
+The vision forward re-uses open_clip's modules (conv1, ln_pre, the residual blocks' projections,
+ln_post, proj) and only changes how they are wired:
+
+    block 1           ordinary block
+    blocks 2..L       o = o + out_proj(attn(q, k, v)); o = o + mlp(ln_2(o))      (original stream)
+                      s = s + out_proj(attn(v, v, v))                           (V-V stream, no MLP)
+                      q, k, v all come from ln_1(o)
+    image feature     o[CLS] @ proj                                             (no ln_post)
+    patch tokens      ln_post(s)[1:]  and  (ln_post(s) @ proj)[1:]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DEFAULT, MRADConfig
+from .errors import MRADError
+
+
+class WeightsError(MRADError):
+    """A weights file that is missing, unreadable or of the wrong model; the message says which and why."""
+
+
+@dataclass
+class Encoding:
+    """What the backbone computes once per image; every variant reads it. Shapes for B images,
+    N = grid² patches (1369 at 518 px), W = vision width (1024), E = embedding dim (768)."""
+
+    image_feature: torch.Tensor  # (B, E)    o[CLS] @ proj, not normalised
+    patch_tokens: torch.Tensor  # (B, N, W)  ln_post(s)[1:]
+    proj_tokens: torch.Tensor  # (B, N, E)   (ln_post(s) @ proj)[1:]
+    patch_avg: torch.Tensor  # (B, N, W)     neighbour-averaged patch tokens, not normalised
+    proj_avg: torch.Tensor  # (B, N, E)      neighbour-averaged projected tokens, not normalised
+
+    def __len__(self):
+        return self.image_feature.shape[0]
+
+    def __getitem__(self, idx):
+        idx = slice(idx, idx + 1) if isinstance(idx, int) else idx
+        return Encoding(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def to(self, device):
+        return Encoding(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @staticmethod
+    def cat(encodings):
+        return Encoding(**{f.name: torch.cat([getattr(e, f.name) for e in encodings]) for f in fields(Encoding)})
+
+
+def neighbour_average(tokens: torch.Tensor, kernels=(1, 3, 5)) -> torch.Tensor:
+    """(B, N, C) tokens on a square grid -> mean of stride-1 average pools (zero padding counted)."""
+    b, n, c = tokens.shape
+    g = int(round(n ** 0.5))
+    grid = tokens.transpose(1, 2).reshape(b, c, g, g)
+    pooled = sum(F.avg_pool2d(grid, k, stride=1, padding=k // 2, count_include_pad=True) for k in kernels)
+    return (pooled / len(kernels)).reshape(b, c, n).transpose(1, 2)
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """(1 + g0², W) position embedding -> (1 + grid², W): bilinear on the grid, class position kept."""
+    g0 = int(round((pos.shape[0] - 1) ** 0.5))
+    if g0 == grid:
+        return pos.clone()
+    patch = pos[1:].reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
+    patch = F.interpolate(patch, size=(grid, grid), mode="bilinear", align_corners=False)
+    return torch.cat([pos[:1], patch.permute(0, 2, 3, 1).reshape(grid * grid, -1)])
+
+
+def _heads(x, n_heads):
+    b, n, d = x.shape
+    return x.view(b, n, n_heads, d // n_heads).transpose(1, 2)
+
+
+def _merge(x):
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def load_clip(weights=None, config: MRADConfig = DEFAULT):
+    """open_clip model from a local state dict (safetensors, or a torch file read with weights_only)
+    or, with weights=None, open_clip's own pretrained weights (fetched through its Hub mechanism)."""
+    import open_clip
+
+    if config.model_name.endswith(".json"):  # a custom open_clip model config file
+        open_clip.add_model_config(config.model_name)
+        config = replace(config, model_name=Path(config.model_name).stem)
+    if weights is None:
+        return open_clip.create_model(config.model_name, pretrained=config.pretrained)
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"backbone weights {path}: no such file")
+    try:
+        return open_clip.create_model(config.model_name, pretrained=str(path))
+    except Exception as e:  # open_clip raises RuntimeError/KeyError/pickle errors for foreign files
+        raise WeightsError(f"backbone weights {path} cannot be loaded as {config.model_name} "
+                           f"(OpenAI/open_clip parameter names expected): {str(e).splitlines()[0][:300]}") from e
+
+
+class Backbone(nn.Module):
+    """Frozen CLIP with the dual-path encoder. `encode_image` -> Encoding; `encode_text` for prompts."""
+
+    def __init__(self, clip_model: nn.Module, config: MRADConfig = DEFAULT):
+        super().__init__()
+        self.clip = clip_model.eval().requires_grad_(False)
+        self.config = config
+        visual = clip_model.visual
+        self.patch = visual.conv1.kernel_size[0]
+        self.grid = config.image_size // self.patch
+        self.n_heads = visual.transformer.resblocks[0].attn.num_heads
+        # resized once here, not per call
+        self.register_buffer("pos_embed", resize_pos_embed(visual.positional_embedding.detach(), self.grid),
+                             persistent=False)
+
+    @classmethod
+    def load(cls, weights=None, config: MRADConfig = DEFAULT):
+        return cls(load_clip(weights, config), config)
+
+    @property
+    def image_dim(self):
+        return self.clip.visual.proj.shape[1]
+
+    @property
+    def patch_dim(self):
+        return self.clip.visual.conv1.out_channels
+
+    def _dual_block(self, blk, o, s, cls_only=False):
+        attn = blk.attn
+        q, k, v = F.linear(blk.ln_1(o), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (_heads(t, self.n_heads) for t in (q, k, v))
+        s = s + attn.out_proj(_merge(F.scaled_dot_product_attention(v, v, v)))
+        if cls_only:  # the last block's original stream only feeds the class token
+            o = o[:, :1]
+            q = q[:, :, :1]
+        o = o + blk.ls_1(attn.out_proj(_merge(F.scaled_dot_product_attention(q, k, v))))
+        o = o + blk.ls_2(blk.mlp(blk.ln_2(o)))
+        return o, s
+
+    def encode_image(self, pixels: torch.Tensor) -> Encoding:
+        """(B, 3, S, S) normalised pixels, S = config.image_size -> Encoding."""
+        visual = self.clip.visual
+        if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[2] != pixels.shape[3] or \
+                pixels.shape[2] // self.patch != self.grid:
+            raise ValueError(f"expected pixels of shape (B, 3, {self.config.image_size}, "
+                             f"{self.config.image_size}), got {tuple(pixels.shape)}")
+        x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)  # (B, N, W)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
+        x = visual.ln_pre(visual.patch_dropout(x))
+        blocks = visual.transformer.resblocks
+        o = s = blocks[0](x)
+        for i, blk in enumerate(blocks[1:], start=2):
+            o, s = self._dual_block(blk, o, s, cls_only=i == len(blocks))
+        image_feature = o[:, 0] @ visual.proj
+        post = visual.ln_post(s)[:, 1:]
+        proj = post @ visual.proj
+        kernels = self.config.avg_kernels
+        return Encoding(image_feature.float(), post.float(), proj.float(),
+                        neighbour_average(post.float(), kernels), neighbour_average(proj.float(), kernels))
+
+    def encode_text(self, prompts: torch.Tensor, eot: torch.Tensor, compound=()) -> torch.Tensor:
+        """Text features of prompt *embeddings* with deep compound prompts.
+
+        prompts (P, T, D) token embeddings, eot (P,) index of each EOT token, compound: tensors (L, D)
+        inserted after SOS before text layers 2, 3, … (rounded through fp16, as the reference does).
+        Returns (P, E), L2-normalised."""
+        clip = self.clip
+        x = prompts + clip.positional_embedding.to(prompts.dtype)
+        blocks = clip.transformer.resblocks
+        if len(compound) >= len(blocks):
+            raise ValueError(f"{len(compound)} compound prompts need more than {len(blocks)} text layers")
+        for i, blk in enumerate(blocks):
+            if 1 <= i <= len(compound):
+                deep = compound[i - 1].to(torch.float16).to(x.dtype).expand(x.shape[0], -1, -1)
+                x = torch.cat([x[:, :1], deep, x[:, 1 + deep.shape[1]:]], dim=1)
+            x = blk(x, attn_mask=clip.attn_mask)
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot] @ clip.text_projection
+        return F.normalize(x.float(), dim=-1)
