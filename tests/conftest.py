@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,11 +53,12 @@ def parity_dir():
 def parity_backbone(parity_dir):
     """The deterministic full-size backbone, generated once by make_fixture.py into FIXTURE_CACHE."""
     path = FIXTURE_CACHE / BACKBONE_NAME
-    if not path.is_file():
-        tmp = FIXTURE_CACHE.with_name(FIXTURE_CACHE.name + ".tmp")
+    if not path.is_file():  # generate next to the cache, then move into place: never a half-written file
+        FIXTURE_CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = FIXTURE_CACHE / "generating"
         subprocess.run([sys.executable, str(parity_dir / "make_fixture.py"), "--out", str(tmp)], check=True)
-        FIXTURE_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        (tmp / BACKBONE_NAME).replace(path) if FIXTURE_CACHE.is_dir() else tmp.replace(FIXTURE_CACHE)
+        (tmp / BACKBONE_NAME).replace(path)
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
