@@ -87,3 +87,9 @@ def test_bf16_runs_and_stays_close(tiny_files, backbone, banks):
     for v in fp32:
         assert bf16[v].map.dtype == np.float32
         assert np.abs(bf16[v].map - fp32[v].map).max() < 0.1
+
+
+def test_auto_precision_is_fp32_or_native_reduced(tiny_files, backbone):
+    det = Detector(backbone, device="cpu", precision="auto")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert det.precision == ("bf16" if native else "fp32")
