@@ -45,13 +45,10 @@ class Result:
 
 
 def fast_precision(device: torch.device) -> str:
-    """The reduced precision this device runs natively, else fp32. bf16 autocast keeps the maps within 1e-2 max abs
-    and correlation >= 0.999 of fp32 on the parity fixture (bench/bench.py measures it); without native bf16 it would
-    only be slower."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return "bf16" if supported is not None and supported() else "fp32"
+    """The precision `auto` means: fp16 autocast on CUDA, fp32 on CPU. bench/bench.py measures the bounds a default
+    must meet (maps within 1e-2 max abs, correlation >= 0.999 of fp32 on the parity fixture): fp16 meets them, bf16
+    does not on every query (correlation 0.997), and fp16 has no fast CPU kernels, so CPU stays fp32."""
+    return "fp16" if device.type == "cuda" else "fp32"
 
 
 def resolve_device(device=None) -> torch.device:
