@@ -1,7 +1,10 @@
 """Options shared by the sub-commands that load a model, and turning them into a Detector."""
 from __future__ import annotations
 
-from ..config import DEFAULT
+import os
+
+from ..config import DEFAULT, VARIANTS
+from ..registry import DEFAULT_REPO, DEFAULT_REVISION, SOURCES, source_for_dataset
 
 FILE_OPTIONS = {  # option -> (environment variable, help)
     "backbone": ("MRAD_BACKBONE", "CLIP ViT-L/14@336 state dict (.safetensors, or a torch file); default: open_clip's "
@@ -19,6 +22,16 @@ def add_model_args(parser, precision_default="fp32"):
                        help=f"{text} [${env}]")
     g.add_argument("--model", default=DEFAULT.model_name, metavar="NAME",
                    help="open_clip model name or config .json [$MRAD_MODEL] (default: %(default)s)")
+    h = parser.add_argument_group("weights and banks not given above: checkpoints/ and cache/ in the project, "
+                                  "then the Hugging Face cache, then the Hub")
+    h.add_argument("--source", choices=SOURCES, default=None,
+                   help="training source of the heads and banks: visa (the paper's choice for MVTec and any other "
+                        "dataset) or mvtec (for testing VisA) [$MRAD_SOURCE] (default: paired with --dataset "
+                        "where there is one, else visa)")
+    h.add_argument("--hub-repo", default=None, metavar="ID",
+                   help=f"Hub repo [$MRAD_HUB_REPO] (default: {DEFAULT_REPO})")
+    h.add_argument("--hub-revision", default=None, metavar="REV",
+                   help=f"branch, tag or commit [$MRAD_HUB_REVISION] (default: {DEFAULT_REVISION})")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=precision_default,
                         help="backbone precision; fp32 reproduces the reference exactly (default: %(default)s)")
@@ -26,7 +39,15 @@ def add_model_args(parser, precision_default="fp32"):
 
 
 def detector_from_args(args):
+    """A Detector from the parsed options; files needed by the requested --variant (if any) must be found."""
     from ..loading import load_detector
 
+    variant = getattr(args, "variant", None)
+    require = VARIANTS if variant == "all" else (variant,) if variant in VARIANTS else ()
+    source = getattr(args, "source", None)
+    if source is None and getattr(args, "dataset", None) and not os.environ.get("MRAD_SOURCE"):
+        source = source_for_dataset(args.dataset)  # the paper's pairing: MVTec -> VisA files, VisA -> MVTec files
     return load_detector(args.backbone, args.heads, args.image_bank, args.patch_bank, model=args.model,
-                         device=args.device, precision=args.precision, batch_size=args.batch_size)
+                         device=args.device, precision=args.precision, batch_size=args.batch_size,
+                         source=source, repo_id=getattr(args, "hub_repo", None),
+                         revision=getattr(args, "hub_revision", None), require=require)

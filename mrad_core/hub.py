@@ -1,0 +1,312 @@
+"""Artefact names -> verified local files.
+
+Order for heads and banks (an explicit path or MRAD_* variable is handled by loading.py before this):
+  1. the project: <root>/checkpoints/ (heads) or <root>/cache/ (banks), our safetensors name or the official one;
+  2. the Hugging Face cache (HF_HOME / HF_HUB_CACHE), for the registry's repo and revision;
+  3. `hf_hub_download` from MRAD_HUB_REPO at MRAD_HUB_REVISION (only now, with huggingface_hub's progress bar).
+Every file is checked (size, sha256) on first use; the digest is cached by (path, size, mtime) in
+$MRAD_CACHE_DIR/verified.json (default ~/.cache/mrad). Failures become one HubError that says what was looked
+for, where, why it failed and what to do. The backbone goes through open_clip's own Hub mechanism.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MRADError
+from .registry import BACKBONE, Artefact
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+FLAGS = {"heads": "--heads / MRAD_HEADS", "image_bank": "--image-bank / MRAD_IMAGE_BANK",
+         "patch_bank": "--patch-bank / MRAD_PATCH_BANK", "backbone": "--backbone / MRAD_BACKBONE"}
+_LOCK = threading.Lock()  # guards the digest cache (file and _MEMO)
+_MEMO: dict = {}  # "realpath|size|mtime_ns" -> sha256, this process's copy of verified.json
+
+
+class HubError(MRADError):
+    """An artefact that cannot be found, downloaded or verified; the message says how to fix it.
+    `why` is the bare reason (e.g. "the Hub could not be reached"), when there is one."""
+
+    def __init__(self, message: str, why: str | None = None):
+        super().__init__(message)
+        self.why = why
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where an artefact was found: origin is explicit | environment | project | hf-cache | hub."""
+
+    artefact: Artefact
+    path: str
+    origin: str
+    check: str  # what verification established, e.g. "sha256 verified"
+
+
+def project_dirs() -> list:
+    """Where checkpoints/ and cache/ are looked for: MRAD_PROJECT_DIR, else the working directory and the
+    directory above the mrad_core package (the repository when installed in place)."""
+    if os.environ.get("MRAD_PROJECT_DIR"):
+        return [Path(os.environ["MRAD_PROJECT_DIR"]).expanduser()]
+    dirs = [Path.cwd().resolve(), Path(__file__).resolve().parents[1]]
+    return list(dict.fromkeys(dirs))
+
+
+# ---------------------------------------------------------------- verification
+def _digest_cache() -> Path:
+    return Path(os.environ.get("MRAD_CACHE_DIR") or Path.home() / ".cache" / "mrad") / "verified.json"
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file, cached by (real path, size, mtime) in memory and in verified.json, so a large file is
+    hashed once (and again only when it changes)."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    key, cache = f"{real}|{st.st_size}|{st.st_mtime_ns}", _digest_cache()
+    with _LOCK:
+        if key not in _MEMO:
+            try:
+                _MEMO.update(json.loads(cache.read_text()))
+            except (OSError, ValueError):
+                pass
+        if key in _MEMO:
+            return _MEMO[key]
+    with open(real, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    with _LOCK:
+        _MEMO[key] = digest
+        try:
+            try:
+                known = json.loads(cache.read_text())
+            except (OSError, ValueError):
+                known = {}
+            known[key] = digest
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=cache.parent, delete=False, suffix=".tmp") as tmp:
+                json.dump(known, tmp)
+            os.replace(tmp.name, cache)
+        except OSError:  # a read-only home: the in-memory verdict still saves re-hashing in this process
+            pass
+    return digest
+
+
+def lfs_sha256(path) -> str | None:
+    """The sha256 the Hub recorded for a file in the HF cache: its blob is named after the LFS etag."""
+    real = Path(os.path.realpath(path))
+    return real.name if real.parent.name == "blobs" and SHA256.fullmatch(real.name) else None
+
+
+def verify(path, label: str, sha256: str | None = None, size: int | None = None, fix: str = "") -> str:
+    """Check size and sha256 (those known). Returns what was checked; raises HubError on a mismatch."""
+    path = str(path)
+    real = os.path.realpath(path)
+    where = path if real == path else f"{path} (-> {real})"
+    fix = fix or f"delete {where} and run again to download it afresh"
+    actual_size = os.path.getsize(real)
+    if size is not None and actual_size != size:
+        raise HubError(f"{label}: {where} has {actual_size} bytes but {size} are expected (a truncated or "
+                       f"interrupted copy?). To fix: {fix}.")
+    hub_digest = lfs_sha256(path)
+    expected = sha256 or hub_digest
+    if expected is None:
+        return "size verified, no published sha256" if size is not None else "unverified (no published digest)"
+    actual = file_sha256(path)
+    if actual != expected.lower():
+        origin = "the registry" if sha256 else "the Hub's LFS record"
+        raise HubError(f"{label}: {where} is corrupt or incomplete: its sha256 is {actual} but {expected} is "
+                       f"expected (from {origin}; {actual_size} bytes on disk). To fix: {fix}.")
+    return "sha256 verified"
+
+
+# ---------------------------------------------------------------- failures
+def _chain(e):
+    seen = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
+def reason(exc: BaseException, repo: str, revision: str, filename: str) -> str:
+    """One sentence for what went wrong talking to the Hub (huggingface_hub's exceptions, connection errors)."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as E
+
+    chain = _chain(exc)
+    first = lambda *types: next((x for x in chain if isinstance(x, types)), None)  # noqa: E731
+    http = first(E.HfHubHTTPError)
+    status = getattr(getattr(http, "response", None), "status_code", None)
+    url = f"{constants.ENDPOINT}/{repo}"
+    if first(E.GatedRepoError):
+        return (f"the repo {repo} is gated: accept its conditions at {url} and log in (`hf auth login` or "
+                f"HF_TOKEN)")
+    if first(E.RevisionNotFoundError):
+        return f"the repo {repo} has no revision {revision!r} (check MRAD_HUB_REVISION / --hub-revision)"
+    if first(E.RemoteEntryNotFoundError):
+        return f"the repo {repo} (revision {revision}) has no file {filename}"
+    if first(E.RepositoryNotFoundError) or status == 401:
+        return (f"the repo {repo} does not exist, or it is private and you are not logged in (check "
+                f"MRAD_HUB_REPO / --hub-repo, or log in with `hf auth login` or HF_TOKEN)")
+    if status == 403:
+        return f"access to {repo} was refused (HTTP 403): log in with an account that may read it"
+    if first(E.OfflineModeIsEnabled) or constants.is_offline_mode():
+        return "HF_HUB_OFFLINE=1 is set and the file is not in the Hugging Face cache"
+    if status is not None:
+        return f"the Hub answered HTTP {status} for {filename}"
+    consistency = next((x for x in chain if "Consistency check failed" in str(x)), None)
+    if consistency is not None:
+        return f"the download was incomplete ({str(consistency).splitlines()[0]}); run again to retry"
+    import httpx2
+    transport = first(httpx2.TransportError, ConnectionError, TimeoutError)
+    if transport is not None and first(httpx2.ReadError, httpx2.RemoteProtocolError, httpx2.ReadTimeout):
+        return f"the download was interrupted ({transport}); run again to retry"
+    if transport is not None or first(E.LocalEntryNotFoundError):
+        return (f"the Hub at {constants.ENDPOINT} could not be reached ({transport or 'no connection'}); check "
+                f"the network, or set HF_HUB_OFFLINE=1 and provide the file locally")
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def not_found(art: Artefact, why: str, roots=None) -> HubError:
+    """The one message for an artefact that cannot be had: what, where it was looked for, why, what to do."""
+    from huggingface_hub import constants
+
+    if art.kind == "backbone":
+        return HubError(f"{art.label} is not available: looked in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                        f"and on the Hub for {art.repo}/{art.filename} (open_clip's ViT-L-14-336-quickgelu, "
+                        f"'openai'): {why}. To fix: connect once to let open_clip download it (then HF_HUB_OFFLINE=1 "
+                        f"works), or give a local state dict with {FLAGS['backbone']}.", why)
+    dirs = [str(Path(r) / art.local_dir) for r in (roots or project_dirs())] if art.local_dir else []
+    names = " or ".join(art.local_names) or art.filename
+    looked = f"looked for {names} in {', '.join(dirs)}, then for " if dirs else "looked for "
+    place = f"place {art.local_names[-1] if art.local_names else art.filename} (the authors' file) or {art.filename} " \
+            f"in {dirs[0]}/; or " if dirs else ""
+    return HubError(
+        f"{art.label} is not available: {looked}{art.repo}@{art.rev}/{art.filename} in the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}) and on the Hub: {why}. To fix: {place}run `mrad fetch-official` (downloads "
+        f"the authors' files into checkpoints/ and cache/); or set MRAD_HUB_REPO (and MRAD_HUB_REVISION) to a Hub "
+        f"repo that has {art.filename}; or give a path with {FLAGS[art.kind]}.", why)
+
+
+# ---------------------------------------------------------------- resolution
+def find_in_project(art: Artefact, roots=None):
+    for root in roots or project_dirs():
+        for name in art.local_names:
+            path = Path(root) / art.local_dir / name
+            if art.local_dir and path.is_file():
+                return path
+    return None
+
+
+def find_in_cache(art: Artefact, filename: str | None = None):
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(art.repo, filename or art.filename, revision=art.rev)
+    return found if isinstance(found, str) else None
+
+
+def _probe(repo, filename, revision):
+    """Fail fast when the Hub cannot be reached: one HEAD request without huggingface_hub's retry loop (which
+    waits ~25 s per file when there is no network). HTTP answers are left to hf_hub_download to report."""
+    import httpx2
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), retry_on_errors=False)
+    except (httpx2.TransportError, OfflineModeIsEnabled):
+        raise
+    except HfHubHTTPError as e:
+        if e.response.status_code >= 500:  # the Hub is down: no point in retrying for half a minute
+            raise
+    except Exception:  # e.g. missing metadata headers: hf_hub_download says it its own way
+        pass
+
+
+def download(art: Artefact, roots=None) -> str:
+    """hf_hub_download into the HF cache (huggingface_hub's progress bar); HubError with the reason on failure."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        _probe(art.repo, art.filename, art.rev)
+        return hf_hub_download(art.repo, art.filename, revision=art.rev)
+    except Exception as e:  # huggingface_hub errors, OSError, httpx2 transport errors
+        raise not_found(art, reason(e, art.repo, art.rev, art.filename), roots) from e
+
+
+def _fix(art: Artefact, path) -> str:
+    real = os.path.realpath(path)
+    if real != str(path):
+        return (f"delete {path} and {real} (or the repo's whole cache with `hf cache rm model/{art.repo}`) and run "
+                f"again to download it afresh")
+    return f"delete {path} and run again (it is then downloaded afresh), or put a good copy in its place"
+
+
+NO_DOWNLOAD = "it is not downloaded yet (no download was attempted)"
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """The reason, when `exc` says the Hub cannot be reached at all (offline, no network): then trying the
+    next file is pointless."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    chain = _chain(exc)
+    if any(isinstance(x, HfHubHTTPError) for x in chain):
+        return None
+    if constants.is_offline_mode() or any(isinstance(x, (OfflineModeIsEnabled, LocalEntryNotFoundError,
+                                                         ConnectionError)) for x in chain):
+        return getattr(exc, "why", None) or str(exc)
+    import httpx2
+    if any(isinstance(x, (httpx2.ConnectError, httpx2.ConnectTimeout)) for x in chain):
+        return getattr(exc, "why", None) or str(exc)
+    return None
+
+
+def resolve(art: Artefact, roots=None, allow_download: bool = True, no_download_reason: str = NO_DOWNLOAD) -> Resolved:
+    """Project dir -> HF cache -> Hub, verified. Raises HubError (not found / cannot download / corrupt)."""
+    local = find_in_project(art, roots)
+    if local is not None:
+        ours = local.name == art.filename  # registry digests describe our file, not the authors' original
+        check = verify(local, art.label, art.sha256 if ours else None, art.size if ours else None, _fix(art, local))
+        return Resolved(art, str(local), "project", check if ours else "unverified (the authors' file; no "
+                                                                         "published digest)")
+    cached = find_in_cache(art)
+    if cached is not None:
+        return Resolved(art, cached, "hf-cache", verify(cached, art.label, art.sha256, art.size, _fix(art, cached)))
+    if not allow_download:
+        raise not_found(art, no_download_reason, roots)
+    path = download(art, roots)
+    return Resolved(art, path, "hub", verify(path, art.label, art.sha256, art.size, _fix(art, path)))
+
+
+def backbone_weights(model_name: str, pretrained: str = "openai", allow_download: bool = True) -> str | None:
+    """Local file of open_clip's pretrained weights for (model, tag), fetched through open_clip's Hub mechanism.
+    None when open_clip has no Hub entry for them (a custom config): then open_clip decides."""
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name, pretrained)
+    hub_id = (cfg or {}).get("hf_hub", "")
+    if not hub_id:
+        return None
+    repo, filename = os.path.split(hub_id)  # open_clip's convention: "org/name/" or "org/name/file"
+    art = Artefact("backbone", "openai", filename or BACKBONE.filename, repo_id=repo, licence=BACKBONE.licence)
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for name in names:
+        cached = find_in_cache(art, name)
+        if cached:
+            verify(cached, art.label, fix=_fix(art, cached))  # against the Hub's LFS sha256 (verdict cached)
+            return cached
+    if not allow_download:
+        raise not_found(art, NO_DOWNLOAD)
+    try:
+        _probe(repo, names[0], "main")
+        path = download_pretrained(cfg)
+    except Exception as e:  # open_clip wraps huggingface_hub's errors; the cause is kept in the chain
+        raise not_found(art, reason(e, repo, "main", names[0])) from e
+    verify(path, art.label, fix=_fix(art, path))
+    return path

@@ -1,0 +1,177 @@
+"""`mrad convert` (official .pth/.pt -> safetensors, identical results) and `mrad fetch-official` (gdown with its
+network calls replaced by local copies)."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrad_core import Detector, Heads, MemoryBank, registry
+from mrad_core.cli import main
+from mrad_core.loading import load_detector
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def official_tiny(tiny_files, tmp_path_factory):
+    """The tiny heads and banks written in the authors' layouts and file names (torch.save of plain tensors)."""
+    d = tmp_path_factory.mktemp("official")
+    torch.save(Heads.load(tiny_files["heads"]).official_state(), d / "test_on_mvtec.pth")
+    for kind, name in (("image", "cache_model_visa.pt"), ("patch", "cache_patch_model_visa.pt")):
+        bank = MemoryBank.load(tiny_files[f"{kind}_bank"], kind)
+        torch.save({"keys": bank.keys, "values": bank.values}, d / name)
+    return d
+
+
+def assert_same_results(a: Detector, b: Detector, images):
+    ra, rb = a.predict(images, a.variants), b.predict(images, b.variants)
+    assert a.variants == b.variants == ("tf", "ft", "clip")
+    for v in ra:
+        assert torch.equal(torch.as_tensor(ra[v].score), torch.as_tensor(rb[v].score)), v
+        assert np.array_equal(np.asarray(ra[v].map), np.asarray(rb[v].map)), v
+        assert np.array_equal(np.asarray(ra[v].patch_map), np.asarray(rb[v].patch_map)), v
+
+
+def test_convert_tiny_official_files(official_tiny, tiny_files, tiny_config, tmp_path, capsys):
+    inputs = [official_tiny / n for n in ("test_on_mvtec.pth", "cache_model_visa.pt", "cache_patch_model_visa.pt")]
+    assert main(["convert", *map(str, inputs), "--out", str(tmp_path)]) == 0
+    out = {p.name for p in tmp_path.iterdir()}
+    assert out == {f"mrad_{k}_visa.safetensors" for k in ("heads", "image_bank", "patch_bank")}
+    assert sha(tmp_path / "mrad_heads_visa.safetensors") in capsys.readouterr().out
+
+    heads = Heads.load(tmp_path / "mrad_heads_visa.safetensors")
+    assert heads.meta["training_source"] == "visa" and heads.meta["variants"] == "ft,clip"
+    assert heads.meta["provenance"]["sha256"] == sha(inputs[0]) and heads.meta["provenance"]["file"] == inputs[0].name
+    assert heads.meta["image_dim"] == "32" and heads.meta["patch_dim"] == "64"
+    bank = MemoryBank.load(tmp_path / "mrad_patch_bank_visa.safetensors", "patch")
+    assert bank.source == "visa" and json.loads(bank.meta["provenance"])["sha256"] == sha(inputs[2])
+    assert bank.meta["dim"] == str(bank.dim) and "CC BY 4.0" in bank.meta["licence"]
+
+    def det(h, i, p):
+        return Detector.from_files(tiny_files["backbone"], h, i, p, config=tiny_config, device="cpu")
+    assert_same_results(det(*inputs), det(*(tmp_path / n for n in ("mrad_heads_visa.safetensors",
+                                                                    "mrad_image_bank_visa.safetensors",
+                                                                    "mrad_patch_bank_visa.safetensors"))),
+                        tiny_files["images"])
+
+
+def test_convert_refuses_what_it_cannot_name(official_tiny, tmp_path, capsys):
+    unnamed = tmp_path / "bank.pt"
+    shutil.copy(official_tiny / "cache_model_visa.pt", unnamed)
+    assert main(["convert", str(unnamed), "--source", "visa", "--out", str(tmp_path)]) == 2
+    assert "give --kind" in capsys.readouterr().err
+    heads = tmp_path / "my_heads.pth"
+    shutil.copy(official_tiny / "test_on_mvtec.pth", heads)
+    assert main(["convert", str(heads), "--out", str(tmp_path)]) == 2
+    assert "give --source" in capsys.readouterr().err
+    assert main(["convert", str(heads), "--source", "mvtec", "--out", str(tmp_path)]) == 0
+    assert Heads.load(tmp_path / "mrad_heads_mvtec.safetensors").meta["training_source"] == "mvtec"
+    assert main(["convert", str(heads), "--source", "mvtec", "--out", str(tmp_path)]) == 2
+    assert "--force" in capsys.readouterr().err  # nothing overwritten silently
+    junk = tmp_path / "test_on_visa.pth"
+    torch.save({"something": torch.zeros(2)}, junk)
+    assert main(["convert", str(junk), "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "mrad_heads_mvtec.safetensors.tmp").exists()
+
+
+def test_converted_files_in_project_dirs_are_resolved(official_tiny, tiny_files, tmp_path, monkeypatch):
+    """After `mrad convert` with default output, load_detector finds the files without any path."""
+    monkeypatch.setenv("MRAD_PROJECT_DIR", str(tmp_path))
+    monkeypatch.setenv("MRAD_CACHE_DIR", str(tmp_path / "mrad"))
+    for name in ("test_on_mvtec.pth", "cache_model_visa.pt", "cache_patch_model_visa.pt"):
+        assert main(["convert", str(official_tiny / name)]) == 0
+    assert (tmp_path / "checkpoints" / "mrad_heads_visa.safetensors").is_file()
+    det = load_detector(tiny_files["backbone"], model=tiny_files["model"], device="cpu", download=False)
+    assert det.variants == ("tf", "ft", "clip")
+    assert [s.origin for s in det.delivery.statuses] == ["explicit", "project", "project", "project"]
+    assert det.delivery.paths["image_bank"] == str(tmp_path / "cache" / "mrad_image_bank_visa.safetensors")
+
+
+@pytest.mark.parity
+def test_convert_parity_fixture_is_bit_identical(parity_dir, parity_backbone, parity_detector, tmp_path):
+    """Full size: converted heads and banks give exactly the official files' maps and scores for query_bad."""
+    assert main(["convert", str(parity_dir / "heads_official.pth"), str(parity_dir / "cache_model_fixture.pt"),
+                 str(parity_dir / "cache_patch_model_fixture.pt"), "--source", "visa", "--out", str(tmp_path)]) == 0
+    converted = load_detector(parity_backbone, tmp_path / "mrad_heads_visa.safetensors",
+                              tmp_path / "mrad_image_bank_visa.safetensors",
+                              tmp_path / "mrad_patch_bank_visa.safetensors", device="cpu")
+    query = [parity_dir / "images" / "query_bad.png"]
+    encoding = parity_detector.encode(query)  # one encoding, both heads/banks: the comparison is of those alone
+    for v in ("tf", "ft", "clip"):
+        a, b = parity_detector.score(encoding, v), converted.score(encoding, v)
+        assert torch.equal(torch.as_tensor(a.score), torch.as_tensor(b.score)), v
+        assert np.array_equal(np.asarray(a.map), np.asarray(b.map)), v
+    expected = np.load(parity_dir / "expected.npz")
+    b = converted.score(encoding, "ft")
+    assert np.allclose(np.asarray(b.map), expected["query_bad.ft.map"].reshape(b.map.shape), atol=1e-4)
+
+
+# ---------------------------------------------------------------- fetch-official
+@pytest.fixture
+def fake_drive(official_tiny, monkeypatch):
+    """gdown with its Drive folder listing and file download replaced by local copies (real folder logic)."""
+    module = importlib.import_module("gdown.download_folder")
+    folders = {  # folder id -> (name, [(id, name, mime type)])
+        "1XLl297B_jnu9Qv5KPZEw8MeAY9JJnaZg": ("banks", [("f1", "cache_model_visa.pt", "application/octet-stream"),
+                                                        ("sub", "patch", module._GoogleDriveFile.TYPE_FOLDER)]),
+        "sub": ("patch", [("f2", "cache_patch_model_visa.pt", "application/octet-stream")]),
+        "11lugxXdal5_3RUhr9UcC2JItp95C4aIv": ("ckpt", [("f3", "test_on_mvtec.pth", "application/octet-stream"),
+                                                       ("f4", "notes.pth", "application/octet-stream")]),
+    }
+    blobs = {"f1": "cache_model_visa.pt", "f2": "cache_patch_model_visa.pt", "f3": "test_on_mvtec.pth",
+             "f4": "test_on_mvtec.pth"}
+    calls = []
+
+    def listing(*, sess, folder_id, verify, timeout):
+        return folders[folder_id]
+
+    real = inspect.signature(module.download)
+
+    def download(**kw):
+        real.bind(**kw)  # called as gdown would call the real one
+        calls.append(kw)
+        shutil.copy(official_tiny / blobs[kw["url"].split("id=")[1]], kw["output"])
+        return kw["output"]
+    monkeypatch.setattr(module, "_parse_embedded_folder_view", listing)
+    monkeypatch.setattr(module, "download", download)
+    return calls
+
+
+def test_fetch_official_places_and_reports(fake_drive, official_tiny, tmp_path, capsys):
+    code = main(["fetch-official", "--root", str(tmp_path), "--quiet"])
+    out = capsys.readouterr().out
+    got = (tmp_path / "cache" / "cache_model_visa.pt").read_bytes()
+    assert got == (official_tiny / "cache_model_visa.pt").read_bytes()
+    assert (tmp_path / "cache" / "cache_patch_model_visa.pt").is_file()  # moved up from the Drive sub-folder
+    assert (tmp_path / "checkpoints" / "test_on_mvtec.pth").is_file() and len(fake_drive) == 4
+    assert "moved up from patch/cache_patch_model_visa.pt" in out
+    for name in ("cache_model_mvtec.pt", "cache_patch_model_mvtec.pt", "test_on_visa.pth"):
+        assert f"MISSING  {Path('cache' if 'cache' in name else 'checkpoints') / name}" in out
+    assert "also     checkpoints/notes.pth" in out
+    assert code == 1  # expected files missing
+    from mrad_core import hub
+    found = hub.resolve(registry.REGISTRY["heads", "visa"], roots=[tmp_path], allow_download=False)
+    assert found.path == str(tmp_path / "checkpoints" / "test_on_mvtec.pth")
+
+
+def test_fetch_official_download_failure_is_one_message(monkeypatch, tmp_path, capsys):
+    import gdown
+    module = importlib.import_module("gdown.download_folder")
+
+    def listing(**kw):
+        raise gdown.exceptions.DownloadError("Failed to retrieve folder contents (status code 429)")
+    monkeypatch.setattr(module, "_parse_embedded_folder_view", listing)
+    assert main(["fetch-official", "--root", str(tmp_path), "--only", "heads", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "status code 429" in err and registry.OFFICIAL_FOLDERS["heads"][0] in err
+    assert str(tmp_path / "checkpoints") in err

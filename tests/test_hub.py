@@ -1,0 +1,341 @@
+"""Delivery through a stand-in Hub (tests/hub_server.py): the real hf_hub_download path in subprocesses that get
+HF_ENDPOINT / HF_HUB_OFFLINE / HF_HOME before huggingface_hub is imported, as a user's process would."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from hub_server import StandInHub
+from mrad_core import hub, registry
+from mrad_core.errors import MRADError
+
+REPO = "test-org/mrad"
+CLIENT = r"""
+import json, sys
+from mrad_core import hub
+from mrad_core.registry import Artefact
+out = []
+for spec in json.loads(sys.argv[1]):
+    spec["local_names"] = tuple(spec.get("local_names", ()))
+    try:
+        r = hub.resolve(Artefact(**spec))
+        out.append({"ok": True, "path": r.path, "origin": r.origin, "check": r.check})
+    except Exception as e:
+        out.append({"ok": False, "type": type(e).__name__, "error": str(e)})
+print("RESULT " + json.dumps(out))
+"""
+E2E = r"""
+import json, sys
+from mrad_core.loading import load_detector, resolve_artefacts
+a = json.loads(sys.argv[1])
+det = load_detector(a["backbone"], model=a["model"], device="cpu", source="visa", repo_id=a["repo"])
+res = det.predict(a["images"], det.variants)
+other = resolve_artefacts(a["backbone"], model=a["model"], source="mvtec", repo_id=a["repo"])
+try:
+    resolve_artefacts(a["backbone"], model=a["model"], source="mvtec", repo_id=a["repo"], require=("tf",))
+    required = None
+except Exception as e:
+    required = f"{type(e).__name__}: {e}"
+print("RESULT " + json.dumps({"variants": list(det.variants), "origins": [s.origin for s in det.delivery.statuses],
+      "scores": {v: r.score.tolist() for v, r in res.items()}, "maps": {v: float(r.map.sum()) for v, r in res.items()},
+      "mvtec": other.report(), "mvtec_missing": [s.kind for s in other.missing], "required": required}))
+"""
+
+
+def spec(filename, repo=REPO, **kw):
+    return {"kind": "heads", "source": "visa", "filename": filename, "repo_id": repo, "revision": "main", **kw}
+
+
+def run_client(code, arg, env_extra, tmp):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MRAD_"))}
+    env.update({"HF_HOME": str(tmp / "hf"), "MRAD_CACHE_DIR": str(tmp / "mrad"), "MRAD_PROJECT_DIR": str(tmp / "proj"),
+                "HF_HUB_DISABLE_TELEMETRY": "1", **env_extra})
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(arg)], env=env, capture_output=True, text=True,
+                       timeout=240)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, f"client failed (rc {r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
+    return json.loads(line[len("RESULT "):]), r.stderr
+
+
+@pytest.fixture(scope="module")
+def payload():
+    """Distinct random files (the HF cache shares blobs by etag, so equal bytes would hide downloads)."""
+    g = torch.Generator().manual_seed(7)
+    names = ["good.bin", "pinned.bin", "wrong_pin.bin", "corrupt.bin", "short.bin", "drop_once.bin", "drop.bin"]
+    return {n: bytes(torch.randint(0, 256, (200_000 + i,), generator=g, dtype=torch.uint8).tolist())
+            for i, n in enumerate(names)}
+
+
+@pytest.fixture(scope="module")
+def stand_in(payload):
+    with StandInHub() as server:
+        server.add_repo(REPO, payload, faults={"corrupt.bin": "corrupt", "short.bin": "short",
+                                               "drop_once.bin": "drop-once", "drop.bin": "drop"})
+        server.add_repo("test-org/gated", {"good.bin": payload["good.bin"]}, access="gated")
+        server.add_repo("test-org/private", {"good.bin": payload["good.bin"]}, access="forbidden")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def online(stand_in, payload, tmp_path_factory):
+    """Every scenario resolved once, online, with an empty cache; returns ({name: result}, tmp dir)."""
+    tmp = tmp_path_factory.mktemp("hub")
+    sha = lambda n: hashlib.sha256(payload[n]).hexdigest()  # noqa: E731
+    cases = {
+        "good": spec("good.bin"),
+        "pinned": spec("pinned.bin", sha256=sha("pinned.bin"), size=len(payload["pinned.bin"])),
+        "wrong_pin": spec("wrong_pin.bin", sha256="0" * 64),
+        "corrupt": spec("corrupt.bin"),
+        "short": spec("short.bin"),
+        "drop_once": spec("drop_once.bin"),
+        "drop": spec("drop.bin"),
+        "no_file": spec("absent.bin"),
+        "no_repo": spec("good.bin", repo="test-org/nothing"),
+        "no_revision": {**spec("good.bin"), "revision": "v9"},
+        "gated": spec("good.bin", repo="test-org/gated"),
+        "forbidden": spec("good.bin", repo="test-org/private"),
+    }
+    results, _ = run_client(CLIENT, list(cases.values()), {"HF_ENDPOINT": stand_in.url}, tmp)
+    return dict(zip(cases, results)), tmp
+
+
+def test_first_use_downloads_through_hf_hub_download_and_verifies(online, stand_in, payload):
+    results, tmp = online
+    good = results["good"]
+    assert good["ok"] and good["origin"] == "hub" and good["check"] == "sha256 verified"
+    assert Path(good["path"]).read_bytes() == payload["good.bin"]
+    assert str(tmp / "hf") in good["path"]  # in the HF cache named by HF_HOME
+    assert stand_in.hits("HEAD", f"/{REPO}/resolve/main/good.bin") and stand_in.hits("GET", "good.bin")
+    assert results["pinned"]["ok"] and results["pinned"]["check"] == "sha256 verified"
+
+
+def test_second_use_offline_from_cache(online, stand_in):
+    results, tmp = online
+    before = len(stand_in.requests)
+    again, _ = run_client(CLIENT, [spec("good.bin"), spec("pinned.bin"), spec("never_fetched.bin")],
+                          {"HF_ENDPOINT": stand_in.url, "HF_HUB_OFFLINE": "1"}, tmp)
+    assert again[0]["ok"] and again[0]["origin"] == "hf-cache" and again[0]["path"] == results["good"]["path"]
+    assert again[0]["check"] == "sha256 verified" and again[1]["ok"]
+    assert not again[2]["ok"] and "HF_HUB_OFFLINE=1 is set" in again[2]["error"]
+    assert "never_fetched.bin" in again[2]["error"] and "mrad fetch-official" in again[2]["error"]
+    assert "checkpoints" in again[2]["error"] and "MRAD_HUB_REPO" in again[2]["error"]
+    assert len(stand_in.requests) == before  # not one request to the Hub
+
+
+@pytest.mark.parametrize("case, words", [
+    ("no_file", ["has no file absent.bin", REPO]),
+    ("no_repo", ["test-org/nothing does not exist", "MRAD_HUB_REPO"]),
+    ("no_revision", ["no revision 'v9'", "MRAD_HUB_REVISION"]),
+    ("gated", ["test-org/gated is gated", "hf auth login"]),
+    ("forbidden", ["refused (HTTP 403)"]),
+    ("short", ["download was incomplete", "should be of size"]),
+    ("drop", ["download was interrupted"]),
+])
+def test_hub_failures_give_one_actionable_message(online, case, words):
+    result = online[0][case]
+    assert not result["ok"] and result["type"] == "HubError"
+    for w in words + ["To fix:", "mrad fetch-official", "--heads / MRAD_HEADS"]:
+        assert w in result["error"], (w, result["error"])
+
+
+def test_corrupt_download_names_both_digests(online, payload):
+    results = online[0]
+    err = results["corrupt"]["error"]
+    good = hashlib.sha256(payload["corrupt.bin"]).hexdigest()
+    bad = hashlib.sha256(payload["corrupt.bin"][:-1] + bytes([payload["corrupt.bin"][-1] ^ 0xFF])).hexdigest()
+    assert not results["corrupt"]["ok"] and f"sha256 is {bad} but {good} is expected" in err
+    assert "Hub's LFS record" in err and "delete" in err
+    wrong = results["wrong_pin"]["error"]
+    assert "0" * 64 in wrong and hashlib.sha256(payload["wrong_pin.bin"]).hexdigest() in wrong
+    assert "from the registry" in wrong
+
+
+def test_interrupted_download_resumes_and_verifies(online, stand_in, payload):
+    result = online[0]["drop_once"]
+    assert result["ok"] and result["check"] == "sha256 verified"
+    assert Path(result["path"]).read_bytes() == payload["drop_once.bin"]
+    assert len(stand_in.hits("GET", "drop_once.bin")) == 2  # cut off once, fetched again
+
+
+def test_no_network_fails_fast_with_clear_message(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    results, _ = run_client(CLIENT, [spec("good.bin")], {"HF_ENDPOINT": f"http://127.0.0.1:{port}"}, tmp_path)
+    assert time.monotonic() - start < 20  # no half-minute retry loop
+    assert not results[0]["ok"] and "could not be reached" in results[0]["error"]
+    assert "HF_HUB_OFFLINE=1" in results[0]["error"] and "To fix:" in results[0]["error"]
+
+
+def test_detector_end_to_end_from_stand_in_hub_then_offline(tiny_files, tiny_detector, tmp_path):
+    """load_detector with nothing but the backbone: heads and banks come from the Hub, then from the cache."""
+    files = {registry.our_name(k, "visa"): Path(tiny_files[k]).read_bytes() for k in registry.KINDS}
+    arg = {"backbone": tiny_files["backbone"], "model": tiny_files["model"], "images": tiny_files["images"],
+           "repo": REPO}
+    expected = tiny_detector.predict(tiny_files["images"], ("tf", "ft", "clip"))
+    with StandInHub() as server:
+        server.add_repo(REPO, files)
+        first, _ = run_client(E2E, arg, {"HF_ENDPOINT": server.url}, tmp_path)
+        n = len(server.requests)
+        second, _ = run_client(E2E, arg, {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "1"}, tmp_path)
+        assert len(server.requests) == n
+    assert first["origins"] == ["explicit", "hub", "hub", "hub"]
+    assert second["origins"] == ["explicit", "hf-cache", "hf-cache", "hf-cache"]
+    for run in (first, second):
+        assert run["variants"] == ["tf", "ft", "clip"]
+        for v, r in expected.items():
+            assert run["scores"][v] == r.score.tolist()
+            assert run["maps"][v] == pytest.approx(float(r.map.sum()), rel=1e-6)
+        assert run["mvtec_missing"] == ["heads", "image_bank", "patch_bank"]
+        assert "missing: heads (trained on MVTec AD)" in run["mvtec"]
+        assert run["required"].startswith("HubError") and "mrad_image_bank_mvtec.safetensors" in run["required"]
+    assert "has no file mrad_heads_mvtec.safetensors" in first["mvtec"]
+    assert "HF_HUB_OFFLINE=1 is set" in second["mvtec"]
+
+
+BACKBONE_CLIENT = r"""
+import json, sys
+from mrad_core import hub
+out = []
+for model in ("ViT-L-14-336-quickgelu", "ViT-B-32"):
+    try:
+        out.append({"ok": True, "path": hub.backbone_weights(model, "openai")})
+    except Exception as e:
+        out.append({"ok": False, "type": type(e).__name__, "error": str(e)})
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_backbone_through_open_clip_hub_mechanism(tmp_path, payload):
+    """open_clip's own download of ViT-L-14-336-quickgelu/openai goes to the stand-in Hub, is verified against
+    the Hub's sha256, and is used offline afterwards; a model never fetched gives the backbone message."""
+    weights = payload["good.bin"]
+    with StandInHub() as server:
+        server.add_repo(registry.BACKBONE.repo, {"open_clip_model.safetensors": weights})
+        first, _ = run_client(BACKBONE_CLIENT, None, {"HF_ENDPOINT": server.url}, tmp_path)
+        assert server.hits("GET", f"/{registry.BACKBONE.repo}/resolve/main/open_clip_model.safetensors")
+        n = len(server.requests)
+        second, _ = run_client(BACKBONE_CLIENT, None, {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "1"}, tmp_path)
+        assert len(server.requests) == n
+    assert first[0]["ok"] and Path(first[0]["path"]).read_bytes() == weights
+    assert second[0] == first[0]
+    assert not first[1]["ok"] and "timm/vit_base_patch32_clip_224.openai does not exist" in first[1]["error"]
+    err = second[1]["error"]
+    assert second[1]["type"] == "HubError" and "HF_HUB_OFFLINE=1 is set" in err and "--backbone / MRAD_BACKBONE" in err
+
+
+# ---------------------------------------------------------------- local files (no Hub involved)
+def test_project_files_found_and_verified_once(tiny_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("MRAD_CACHE_DIR", str(tmp_path / "mrad"))
+    data = Path(tiny_files["heads"]).read_bytes()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "mrad_heads_visa.safetensors").write_bytes(data)
+    art = registry.REGISTRY["heads", "visa"]
+    pinned = replace(art, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    found = hub.resolve(pinned, roots=[tmp_path], allow_download=False)
+    assert found.origin == "project" and found.check == "sha256 verified"
+    assert json.loads((tmp_path / "mrad" / "verified.json").read_text())  # the verdict is cached ...
+    monkeypatch.setattr(hub, "_MEMO", {})  # a new process: only the file on disk remembers
+    monkeypatch.setattr(hub.hashlib, "file_digest", lambda *a: pytest.fail("hashed twice"))
+    assert hub.resolve(pinned, roots=[tmp_path], allow_download=False).check == "sha256 verified"  # ... and used
+    unpinned = hub.resolve(art, roots=[tmp_path], allow_download=False)
+    assert unpinned.check == "unverified (no published digest)"
+
+
+def test_truncated_or_corrupt_project_file_is_an_error(tiny_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("MRAD_CACHE_DIR", str(tmp_path / "mrad"))
+    data = Path(tiny_files["heads"]).read_bytes()
+    art = registry.REGISTRY["heads", "visa"]
+    pinned = replace(art, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    path = tmp_path / "checkpoints" / "mrad_heads_visa.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(hub.HubError, match=f"has {len(data) // 2} bytes but {len(data)} are expected") as e:
+        hub.resolve(pinned, roots=[tmp_path], allow_download=False)
+    assert f"delete {path}" in str(e.value)
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0xFF  # same size, one byte changed
+    path.write_bytes(bytes(bad))
+    with pytest.raises(hub.HubError, match=f"sha256 is {hashlib.sha256(bad).hexdigest()} but {pinned.sha256}"):
+        hub.resolve(pinned, roots=[tmp_path], allow_download=False)
+
+
+def test_official_name_in_checkpoints_is_found(tmp_path):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "cache_patch_model_mvtec.pt").write_bytes(b"x")
+    found = hub.resolve(registry.REGISTRY["patch_bank", "mvtec"], roots=[tmp_path], allow_download=False)
+    assert found.path == str(tmp_path / "cache" / "cache_patch_model_mvtec.pt") and "authors' file" in found.check
+
+
+def test_registry_pairing_and_sources(monkeypatch):
+    assert registry.source_for_dataset("MVTec") == "visa" and registry.source_for_dataset("visa") == "mvtec"
+    assert registry.source_for_dataset("mpdd") == "visa" and registry.source_for_dataset(None) == "visa"
+    monkeypatch.setenv("MRAD_HUB_REPO", "someone/else")
+    monkeypatch.setenv("MRAD_HUB_REVISION", "v2")
+    arts = registry.artefacts("mvtec")
+    assert arts["heads"].repo == "someone/else" and arts["heads"].rev == "v2"
+    assert arts["heads"].local_names == ("mrad_heads_mvtec.safetensors", "test_on_visa.pth")
+    assert registry.artefacts("mvtec", repo_id="a/b")["patch_bank"].repo == "a/b"
+    assert all(a.sha256 is None or len(a.sha256) == 64 for a in registry.REGISTRY.values())
+    with pytest.raises(MRADError, match="unknown training source"):
+        registry.artefacts("btad")
+
+
+# ---------------------------------------------------------------- publish
+def test_publish_stages_files_and_model_card(tiny_files, tmp_path, monkeypatch):
+    from mrad_core.cli import main
+    src = tmp_path / "files"
+    src.mkdir()
+    for kind, source in (("heads", "visa"), ("image_bank", "mvtec"), ("patch_bank", "mvtec")):
+        (src / registry.our_name(kind, source)).write_bytes(Path(tiny_files[kind]).read_bytes())
+    calls = {}
+    import huggingface_hub
+
+    def upload_folder(self, **kw):
+        calls["upload"] = kw
+        calls["staged"] = {p.name: p.read_bytes() for p in Path(kw["folder_path"]).iterdir()}
+        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{kw['repo_id']}/commit/{'a' * 40}",
+                                          commit_message="m", commit_description="", oid="a" * 40)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: calls.setdefault("create", repo_id))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    assert main(["publish", "--repo", "me/mrad", "--from", str(src)]) == 0
+    assert calls["create"] == "me/mrad" and calls["upload"]["repo_id"] == "me/mrad"
+    staged = calls["staged"]
+    assert set(staged) == {"README.md", "SHA256SUMS", "mrad_heads_visa.safetensors",
+                           "mrad_image_bank_mvtec.safetensors", "mrad_patch_bank_mvtec.safetensors"}
+    card = staged["README.md"].decode()
+    assert "license: cc-by-nc-sa-4.0" in card and "CC BY-NC-SA 4.0" in card and "CC BY 4.0" in card and "MIT" in card
+    for name, data in staged.items():
+        if name.endswith(".safetensors"):
+            digest = hashlib.sha256(data).hexdigest()
+            assert data == (src / name).read_bytes() and digest in card
+            assert f"{digest}  {name}" in staged["SHA256SUMS"].decode()
+    assert main(["publish", "--repo", "me/mrad", "--from", str(tmp_path / "empty")]) == 2
+
+
+def test_cli_hub_options_reach_the_resolver(monkeypatch):
+    from mrad_core import loading
+    from mrad_core.cli import build_parser
+    from mrad_core.cli.common import detector_from_args
+    seen = {}
+    monkeypatch.setattr(loading, "load_detector", lambda *a, **kw: seen.update(kw) or "detector")
+    monkeypatch.delenv("MRAD_SOURCE", raising=False)
+    args = build_parser().parse_args(["predict", "x.png", "--out", "o", "--variant", "ft", "--source", "mvtec",
+                                      "--hub-repo", "me/mine", "--hub-revision", "v1"])
+    assert detector_from_args(args) == "detector"
+    assert (seen["source"], seen["repo_id"], seen["revision"], seen["require"]) == ("mvtec", "me/mine", "v1", ("ft",))
+    args = build_parser().parse_args(["predict", "x.png", "--out", "o"])
+    detector_from_args(args)
+    assert seen["source"] is None and seen["require"] == ("tf", "ft", "clip") and seen["repo_id"] is None

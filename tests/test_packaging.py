@@ -1,0 +1,103 @@
+"""Packaging without a Docker daemon or a Space: the Dockerfile is parsed (dockerfile-parse) and the README's
+Space front matter is parsed (yaml) and checked against requirements.txt and the artefact registry."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+
+from mrad_core import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE_HARDWARE = {"cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "l4x4", "l40sx1", "a10g-small",
+                  "a10g-large", "a10g-largex2", "a10g-largex4", "a100-large", "h100", "zero-a10g"}
+
+
+def pins():
+    out = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", line.strip())
+        if m:
+            out[m[1].lower()] = m[2]
+    return out
+
+
+@pytest.fixture(scope="module")
+def docker():
+    parser = DockerfileParser(str(ROOT / "Dockerfile"))
+    return parser, [(i["instruction"], i["value"]) for i in parser.structure if i["instruction"] != "COMMENT"]
+
+
+def index(steps, instruction, pattern):
+    hits = [n for n, (ins, val) in enumerate(steps) if ins == instruction and re.search(pattern, val)]
+    assert hits, f"no {instruction} matching {pattern!r}"
+    return hits[0]
+
+
+def test_dockerfile_follows_spaces_conventions(docker):
+    parser, steps = docker
+    py = pins()
+    assert parser.baseimage.startswith("python:3.11")
+    assert re.search(r"useradd .*-u 1000 user", parser.content)
+    user = index(steps, "USER", r"^user$")
+    assert user < index(steps, "CMD", "app.py") and all(ins != "USER" for ins, _ in steps[user + 1:])
+    env = parser.envs
+    assert env["HOME"] == "/home/user" and env["HF_HOME"].startswith("/home/user/")  # writable by uid 1000
+    assert env["GRADIO_SERVER_NAME"] == "0.0.0.0" and env["GRADIO_SERVER_PORT"] == "7860"
+    assert env["MRAD_PROJECT_DIR"] == steps[index(steps, "WORKDIR", ".")][1]  # checkpoints/ and cache/ live there
+    assert ("EXPOSE", "7860") in steps
+    assert parser.cmd == '["python", "app.py"]' or parser.cmd.split() == ["python", "app.py"]
+    assert py["torch"] and py["gradio"]
+
+
+def test_dockerfile_device_arg_and_layer_order(docker):
+    parser, steps = docker
+    assert parser.args["DEVICE"] == "cpu"
+    install = index(steps, "RUN", r"pip install .*-r requirements\.txt")
+    value = steps[install][1]
+    assert re.search(r"cpu\)", value) and re.search(r"cuda\)", value) and "download.pytorch.org/whl/cpu" in value
+    assert "exit 1" in value  # any other DEVICE stops the build
+    copy_reqs = index(steps, "COPY", r"requirements\.txt")
+    copy_code = index(steps, "COPY", r"^(--chown=\S+ )?\. \.$")
+    assert copy_reqs < install < copy_code  # code changes do not invalidate the pip layer
+    assert index(steps, "RUN", r"pip install .*-e \.") > copy_code
+
+
+def test_dockerignore_keeps_weights_and_vcs_out():
+    lines = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".git", "checkpoints/*", "cache/*", "*.safetensors", "*.pth", "*.pt"):
+        assert entry in lines
+    assert "app.py" not in lines and "mrad_core" not in lines
+
+
+@pytest.fixture(scope="module")
+def front_matter():
+    text = (ROOT / "README.md").read_text()
+    m = re.match(r"^---\n(.*?)\n---\n", text, re.S)
+    assert m, "README.md must start with a YAML front matter block"
+    return yaml.safe_load(m[1])
+
+
+def test_space_front_matter_agrees_with_requirements(front_matter):
+    fm = front_matter
+    assert fm["sdk"] == "gradio" and fm["sdk_version"] == pins()["gradio"]
+    assert fm["app_file"] == "app.py" and (ROOT / fm["app_file"]).is_file()
+    assert str(fm["python_version"]) == "3.11"
+    assert fm["suggested_hardware"] in SPACE_HARDWARE
+
+
+def test_space_front_matter_lists_and_preloads_the_registry(front_matter):
+    fm = front_matter
+    assert registry.DEFAULT_REPO in fm["models"] and registry.BACKBONE.repo in fm["models"]
+    preload = {}
+    for entry in fm["preload_from_hub"]:
+        parts = entry.split()
+        assert 1 <= len(parts) <= 3, entry
+        preload[parts[0]] = set(parts[1].split(",")) if len(parts) > 1 else set()
+    wanted = {}
+    for repo, filename in registry.hub_files(registry.DEFAULT_REPO):
+        wanted.setdefault(repo, set()).add(filename)
+    assert preload == wanted
