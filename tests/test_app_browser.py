@@ -1,0 +1,88 @@
+"""A real browser (headless Chromium through Playwright) against the app with the tiny model: upload, run, three
+result columns with scores, a pixel-threshold move that re-draws the overlay without a model call, the CSV."""
+import csv
+import socket
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+pytestmark = pytest.mark.browser
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_files):
+    import app
+    from mrad_core.service import Service
+    service = Service(files={k: tiny_files[k] for k in ("backbone", "heads", "image_bank", "patch_bank")},
+                      model=tiny_files["model"], device="cpu")
+    demo = app.build_demo(service)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    yield service, url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    from playwright.sync_api import sync_playwright
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package (.ci/run does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
+        page.set_default_timeout(60_000)
+        yield page
+        browser.close()
+
+
+def overlay_sources(page, variant):
+    return page.locator(f"#overlay-{variant} img").evaluate_all("els => els.map(e => e.src)")
+
+
+def test_upload_run_explore_download(served, page, tmp_path):
+    service, url = served
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#run")
+    page.set_input_files("#input-image input[type=file]", str(ASSETS / "examples" / "fabric_hole.png"))
+    page.wait_for_selector("#input-image img")
+    page.click("#run")
+    scores = {}
+    for v in ("tf", "ft", "clip"):
+        page.wait_for_selector(f"#card-{v} .mrad-score")
+        assert page.locator(f"#result-{v}").is_visible()
+        scores[v] = float(page.locator(f"#card-{v} .mrad-score").inner_text())
+        assert 0 <= scores[v] <= 1
+        assert page.locator(f"#card-{v}").inner_text().split()[0] in ("ANOMALOUS", "normal")
+    assert "fabric_hole.png" in page.locator("#summary").inner_text()
+    expected = service.analyze(str(ASSETS / "examples" / "fabric_hole.png"), ["tf", "ft", "clip"], "env")
+    for v, s in scores.items():
+        assert s == pytest.approx(expected.scores[v]["score"], abs=1e-3)
+    service.wait_calibration()
+    calls = dict(service.calls)
+
+    before = overlay_sources(page, "clip")
+    page.locator("#pixel-threshold input[type=range]").fill("0.05")
+    page.wait_for_function("([sel, old]) => { const s = [...document.querySelectorAll(sel)].map(e => e.src);"
+                           " return s.length > 0 && s.join() !== old.join(); }", arg=["#overlay-clip img", before])
+    assert "pixels ≥ 0.05" in page.locator("#card-clip").inner_text()
+    assert dict(service.calls) == calls  # re-drawn from the cached maps: no encode, no score
+
+    with page.expect_download() as download:
+        page.locator("#csv a").first.click()
+    path = tmp_path / "results.csv"
+    download.value.save_as(path)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == ["MRAD-TF", "MRAD-FT", "MRAD-CLIP"]
+    assert float(rows[2]["score"]) == pytest.approx(scores["clip"], abs=1e-3)
+    page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+    assert (tmp_path / "app.png").stat().st_size > 10_000

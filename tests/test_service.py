@@ -1,0 +1,238 @@
+"""The app's model holder (lazy, once, thread-safe, counted model calls), custom banks, calibration, batches."""
+import csv
+import io
+import os
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mrad_core import MemoryBank, MRADError, batch, viz
+from mrad_core.backbone import Backbone
+from mrad_core.service import SOURCES, Service
+
+ENV = ("MRAD_BACKBONE", "MRAD_HEADS", "MRAD_IMAGE_BANK", "MRAD_PATCH_BANK", "MRAD_MODEL", "MRAD_APP_SOURCE",
+       "MRAD_PRECISION", "MRAD_DEVICE", "MRAD_CALIBRATION")
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def make_service(tiny_files, kinds=("backbone", "heads", "image_bank", "patch_bank"), **kw):
+    return Service(files={k: tiny_files[k] for k in kinds}, model=tiny_files["model"], device="cpu", **kw)
+
+
+@pytest.fixture(scope="module")
+def service(tiny_files):
+    return make_service(tiny_files)
+
+
+def test_nothing_loads_until_first_use(tiny_files, monkeypatch):
+    loads = []
+    real = Backbone.load
+    monkeypatch.setattr(Backbone, "load", classmethod(lambda cls, *a, **k: loads.append(1) or real(*a, **k)))
+    s = make_service(tiny_files)
+    assert s._backbone is None and not loads and "nothing loaded" in s.status()
+    assert [k for _, k in s.sources()] == ["env", "examples", "custom"] and s.default_source() == "env"
+    assert "device CPU" in s.status() and "fp32" in s.status()
+    threads = [threading.Thread(target=s.detector, args=("env",)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len(s._detectors) == 1  # six concurrent first requests, one load
+    assert s.detector("examples").backbone is s.detector("env").backbone  # one backbone for every source
+    assert len(loads) == 1 and "ready" in s.status()
+
+
+def test_analyze_matches_the_detector(service, tiny_detector, tiny_files):
+    image = tiny_files["images"][1]
+    a = service.analyze(image, ["tf", "ft", "clip"], "env")
+    direct = tiny_detector.predict([image], ("tf", "ft", "clip"))
+    w, h = Image.open(image).size
+    assert a.image.shape == (h, w, 3) and a.name == Path(image).name
+    for v, r in direct.items():
+        s = a.scores[v]
+        assert s["score"] == pytest.approx(float(r.score[0]), abs=1e-6)
+        assert s["image_prob"] == pytest.approx(float(r.image_prob[0]), abs=1e-6)
+        assert s["score"] == pytest.approx(0.3 * s["map_top"] + 0.7 * s["image_prob"], abs=1e-5)
+        assert a.maps[v].shape == (h, w) and a.maps[v].dtype == np.float16
+        np.testing.assert_allclose(a.maps[v], viz.resize_map(r.map[0], (h, w)), atol=1e-3)
+    summary = a.summary(0.5, viz.View(pixel_threshold=0.5))
+    assert set(summary["variants"]) == {"tf", "ft", "clip"} and summary["device"] == "cpu"
+    for v, s in summary["variants"].items():
+        assert s["anomalous"] == (s["score"] >= 0.5) and 0 <= s["defect_area_percent"] <= 100
+    assert summary["encode_ms"] > 0
+
+
+def test_one_encode_per_request_and_calibration_from_cache(tiny_files):
+    s = make_service(tiny_files)
+    a = s.analyze(tiny_files["images"][0], ["tf", "ft", "clip"], "env")
+    s.wait_calibration()
+    refs = len(list((ASSETS / "examples").glob("*_good.png")))
+    assert s.calls["encode"] == 1 + refs  # the query once, the references once
+    assert s.calls["score"] == 3 + 3
+    before = dict(s.calls)
+    cal = {v: s.calibration(a.key, v) for v in a.maps}
+    assert all(c is not None and c.high > c.low for c in cal.values())
+    s.analyze(tiny_files["images"][1], ["tf", "ft"], "env")
+    s.wait_calibration()
+    assert s.calls["encode"] == before["encode"] + 1 and s.calls["score"] == before["score"] + 2
+
+
+def test_bad_requests_are_user_errors(service, tiny_files, tmp_path):
+    with pytest.raises(MRADError, match="at least one variant"):
+        service.analyze(tiny_files["images"][0], [], "env")
+    with pytest.raises(MRADError, match="unknown: xl"):
+        service.analyze(tiny_files["images"][0], ["tf", "xl"], "env")
+    with pytest.raises(MRADError, match="unknown source"):
+        service.analyze(tiny_files["images"][0], ["tf"], "imagenet")
+    with pytest.raises(MRADError, match="Memory bank"):
+        service.analyze(tiny_files["images"][0], ["tf"], "custom", bank_id="nope")
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    with pytest.raises(MRADError, match="not an image"):
+        service.analyze(tmp_path / "x.png", ["tf"], "env")
+
+
+def test_variants_without_heads_are_skipped_with_reasons(tiny_files):
+    s = make_service(tiny_files, kinds=("backbone", "image_bank", "patch_bank"))
+    a = s.analyze(tiny_files["images"][0], ["tf", "ft", "clip"], "env")
+    assert list(a.maps) == ["tf"] and set(a.skipped) == {"ft", "clip"}
+    assert "MRAD_HEADS" in a.skipped["ft"]
+    with pytest.raises(MRADError, match="none of the chosen variants"):
+        s.analyze(tiny_files["images"][0], ["ft"], "env")
+    with pytest.raises(MRADError, match="MRAD_IMAGE_BANK"):
+        make_service(tiny_files, kinds=("backbone", "heads")).detector("env")
+
+
+def test_paper_sources_say_what_is_missing_and_how_to_fix(tiny_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MRAD_PROJECT_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    s = make_service(tiny_files, kinds=("backbone",))
+    assert [k for _, k in s.sources()] == ["visa", "mvtec", "examples", "custom"]
+    assert s.default_source() == "examples"  # nothing of the paper's is here: the built-in bank works
+    text = s.describe("visa")
+    assert "missing" in text and "cache_model_visa.pt" in text and "CC BY 4.0" in text
+    with pytest.raises(MRADError) as err:
+        s.detector("visa")
+    message = str(err.value)
+    assert "not available" in message and "MRAD_HUB_REPO" in message and "fetch-official" in message
+    a = s.analyze(str(ASSETS / "examples" / "metal_scratch.png"), ["tf", "ft"], "examples")
+    assert list(a.maps) == ["tf"] and "ft" in a.skipped  # the examples bank runs TF with the backbone only
+
+
+def test_examples_bank_is_built_from_assets(service):
+    det = service.detector("examples")
+    n_images = len([p for p in (ASSETS / "bank").glob("*.png") if not p.stem.endswith("_mask")])
+    n_defects = len(list((ASSETS / "bank").glob("*_mask.png")))
+    assert len(det.image_bank) == n_images and int(det.image_bank.labels.sum()) == n_defects
+    assert det.image_bank.source == "examples"
+    assert "synthetic" in service.describe("examples") and "loaded" in service.describe("examples")
+
+
+def test_custom_banks(service, tiny_files, tmp_path):
+    normal = [str(ASSETS / "examples" / f"{k}_good.png") for k in ("metal", "wood")]
+    bank_id, notes = batch.build_bank(service, normal, [], "mine")
+    assert "synthetic defects" in notes[0]
+    assert "2 normal" in service.bank_info(bank_id) and "'mine'" in service.bank_info(bank_id)
+    a = service.analyze(str(ASSETS / "examples" / "metal_scratch.png"), ["tf"], "custom", bank_id)
+    assert 0 <= a.scores["tf"]["score"] <= 1
+    image_file, patch_file = service.save_bank(bank_id)
+    assert len(MemoryBank.load(image_file, "image")) == 2 + len(list((ASSETS / "bank").glob("*_mask.png")))
+    MemoryBank.load(patch_file, "patch")
+    # a defect image with its mask is used; one without a mask is skipped with a note
+    defect, mask = ASSETS / "bank" / "wood_crack.png", ASSETS / "bank" / "wood_crack_mask.png"
+    lone = tmp_path / "lonely.png"
+    Image.open(defect).save(lone)
+    bank2, notes2 = batch.build_bank(service, normal[:1], [str(defect), str(mask), str(lone)], "with defects")
+    assert any("lonely.png" in n and "mask" in n for n in notes2)
+    assert "1 normal, 1 defect" in service.bank_info(bank2)
+    with pytest.raises(MRADError, match="no usable normal image"):
+        batch.build_bank(service, [str(tmp_path / "missing.png")], [], "broken")
+
+
+def _zip(path, members):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_collect_files_reports_each_bad_entry(tmp_path):
+    good = (ASSETS / "examples" / "pill_good.png").read_bytes()
+    archive = _zip(tmp_path / "a.zip", {"dir/pill.png": good, "__MACOSX/dir/._pill.png": b"x", "notes.txt": b"hi",
+                                        "dir/broken.png": good})
+    raw = bytearray(archive.read_bytes())  # corrupt broken.png's data: its CRC check fails on reading
+    start = raw.index(good, raw.index(b"dir/broken.png") + 14)
+    raw[start + 100:start + 200] = bytes(100)
+    archive.write_bytes(bytes(raw))
+    (tmp_path / "bad.zip").write_bytes(b"PK not really")
+    (tmp_path / "pill.png").write_bytes(good)
+    (tmp_path / "data.csv").write_text("1,2")
+    entries, errors = batch.collect_files([archive, tmp_path / "bad.zip", tmp_path / "pill.png",
+                                           tmp_path / "data.csv"])
+    assert [e.name for e in entries] == ["pill.png", "broken.png", "pill_2.png"]  # unique names
+    assert isinstance(entries[0].source(), bytes) and entries[2].source() == str(tmp_path / "pill.png")
+    with pytest.raises(MRADError, match="unreadable ZIP entry"):
+        entries[1].source()
+    text = dict(errors)
+    assert "not an image file" in text["a.zip:notes.txt"] and "ZIP" in text["bad.zip"]
+    assert "not an image type" in text["data.csv"]
+    limited, errs = batch.collect_files([tmp_path / "pill.png"] * 3, limit=2)
+    assert len(limited) == 2 and "at most 2" in errs[-1][1]
+
+
+def test_run_batch_writes_sorted_csv_zip_and_errors(service, tiny_files, tmp_path):
+    files = [str(ASSETS / "examples" / n) for n in ("fabric_good.png", "fabric_hole.png", "pill_chip.png")]
+    archive = _zip(tmp_path / "more.zip", {"wood_crack.png": (ASSETS / "examples" / "wood_crack.png").read_bytes(),
+                                           "empty.png": b""})
+    progress = []
+    r = batch.run_batch(service, files + [str(archive)], ["tf", "clip"], "env",
+                        progress=lambda p, d: progress.append(p))
+    assert progress[0] == 0 and progress[-1] == 1
+    scored = [row for row in r.rows if not row.get("error")]
+    assert len(scored) == 4 and [row["file"] for row in r.rows[4:]] == ["empty.png"]
+    means = [row["mean_score"] for row in scored]
+    assert means == sorted(means, reverse=True)
+    for row in scored:
+        assert row["mean_score"] == pytest.approx((row["tf_score"] + row["clip_score"]) / 2, abs=1e-4)
+    assert len(r.gallery) == 4 and r.gallery[0][1].startswith(scored[0]["file"])
+    with open(r.csv) as f:
+        table = list(csv.DictReader(f))
+    assert [t["file"] for t in table] == [row["file"] for row in r.rows] and "empty" in table[-1]["error"]
+    with zipfile.ZipFile(r.zip) as z:
+        names = z.namelist()
+        assert "results.csv" in names
+        assert sum(n.startswith("overlays/") for n in names) == 8 and sum(n.startswith("maps/") for n in names) == 8
+        m = np.load(io.BytesIO(z.read("maps/fabric_hole_clip.npy")))
+    assert m.shape == (518, 518) and m.dtype == np.float32
+    with pytest.raises(MRADError, match="no images"):
+        batch.run_batch(service, [str(tmp_path / "x.txt")], ["tf"], "env")
+
+
+def test_tidy_removes_only_old_work_files(tiny_files):
+    s = make_service(tiny_files)
+    old, new = s.workdir / "old", s.workdir / "new.csv"
+    old.mkdir()
+    (old / "x.npy").write_bytes(b"1")
+    new.write_text("a,b")
+    os.utime(old, (1, 1))
+    s.tidy(max_age=3600)
+    assert not old.exists() and new.exists()
+
+
+def test_precision_and_device_settings(tiny_files, monkeypatch):
+    monkeypatch.setenv("MRAD_PRECISION", "bf16")
+    assert make_service(tiny_files).precision == "bf16"
+    monkeypatch.setenv("MRAD_PRECISION", "int3")
+    with pytest.raises(MRADError, match="MRAD_PRECISION"):
+        make_service(tiny_files)
+    assert set(SOURCES) == {"env", "visa", "mvtec", "examples", "custom"}
