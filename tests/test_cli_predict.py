@@ -55,8 +55,9 @@ def test_errors_are_one_line_and_write_nothing(tiny_files, args, tmp_path, capsy
     tf_only = [a for a in args]
     i = tf_only.index("--heads")
     del tf_only[i:i + 2]
+    # without --heads the resolver looks in checkpoints/, the HF cache and the Hub, then says how to provide them
     _fails(["predict", tiny_files["images"][0], "--variant", "ft", "--out", str(out), *tf_only], capsys,
-           "needs trained heads")
+           "--heads / MRAD_HEADS")
     assert not out.exists() or not any(out.iterdir())
     _fails(["predict", tiny_files["images"][0], "--out", str(out), *args, "--image-bank", str(tmp_path / "no.pt")],
            capsys, "no such file")
