@@ -3,7 +3,7 @@
 A thin front end: mrad_core.service holds the model (lazy, once, thread-safe), mrad_core.viz renders,
 mrad_core.batch runs batches. `python app.py [--host H] [--port P] [--share]` or `gradio app.py`.
 Settings by environment: MRAD_BACKBONE / MRAD_HEADS / MRAD_IMAGE_BANK / MRAD_PATCH_BANK / MRAD_MODEL (files),
-MRAD_DEVICE, MRAD_PRECISION (fp32 default), MRAD_APP_SOURCE, MRAD_CONCURRENCY, MRAD_CALIBRATION=0, MRAD_MAX_BATCH.
+MRAD_DEVICE, MRAD_PRECISION (auto default: fp16 on CUDA, bf16 MLPs on CPUs with native bf16, else fp32), MRAD_APP_SOURCE, MRAD_CONCURRENCY, MRAD_CALIBRATION=0, MRAD_MAX_BATCH.
 API endpoints: /predict, /predict_batch, /build_bank, /status (see README).
 """
 from __future__ import annotations

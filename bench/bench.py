@@ -6,8 +6,8 @@
 Measured inside one run (the machines are noisy, so compare ratios, not seconds across runs):
   1. all three variants on one image: one encode per variant (naive, like three reference runs) vs one shared encode;
      also against the reference's own timings on this CPU (../shared/parity/timing.json)
-  2. fp32 vs bf16 / fp16: encode time, and the accuracy cost on the three parity queries (max abs map difference and
-     map correlation against fp32; the bound for a default is 1e-2 and 0.999)
+  2. fp32 vs bf16 / bf16-mlp (only the MLPs in bf16) / fp16: encode time, and the accuracy cost on the three parity
+     queries (max abs map difference and map correlation against fp32; the bound for a default is 1e-2 and 0.999)
   3. batch 1 vs batch N encode throughput
   4. slider re-render: three 518x518 overlays from cached maps (no model call)
   5. bank building: images/s with one encode per image vs the reference (two encodes per image)
@@ -35,6 +35,7 @@ from mrad_core import BankBuilder, load_mask  # noqa: E402
 from mrad_core.loading import load_detector  # noqa: E402
 
 VARIANTS = ("tf", "ft", "clip")
+PRECISIONS = ("fp32", "bf16", "bf16-mlp", "fp16")  # fp32 first: the others are compared with it
 QUERIES = ("query_good", "query_bad", "query_bad_small")
 BOUND_MAX_ABS, BOUND_CORR = 1e-2, 0.999
 
@@ -88,7 +89,7 @@ def main():
         sync()
 
     rows = {}
-    for precision in ("fp32", "bf16", "fp16"):
+    for precision in PRECISIONS:
         det.precision = precision
         det.encode(query)
         t_shared, _ = timed(shared, args.repeats)
@@ -106,12 +107,12 @@ def main():
 
     # 2. precision: accuracy against fp32 on every parity query
     acc = {}
-    for precision in ("fp32", "bf16", "fp16"):
+    for precision in PRECISIONS:
         det.precision = precision
         acc[precision] = {q: det.predict([parity / "images" / f"{q}.png"]) for q in QUERIES}
     det.precision = "fp32"
     res["precision"] = {}
-    for precision in ("bf16", "fp16"):
+    for precision in PRECISIONS[1:]:
         worst_abs, worst_corr = 0.0, 1.0
         for q in QUERIES:
             for v in VARIANTS:
@@ -175,11 +176,11 @@ def report(r):
     print(f"{'measure':58s} {'value':>12s}")
     line = lambda k, v: print(f"{k:58s} {v:>12s}")  # noqa: E731
     line("three variants, naive (3 encodes, fp32) s", f"{t['naive_fp32_s']:.2f}")
-    for p in ("fp32", "bf16", "fp16"):
+    for p in PRECISIONS:
         line(f"three variants, shared encode ({p}) s", f"{t[f'shared_{p}_s']:.2f}")
     line("reference, three runs (timing.json) s", f"{t['reference_three_runs_s']:.2f}")
     line("speed-up shared vs naive (fp32)", f"{t['speedup_shared_vs_naive_fp32']:.1f}x")
-    for p in ("fp32", "bf16", "fp16"):
+    for p in PRECISIONS:
         line(f"speed-up shared ({p}) vs three reference runs", f"{t[f'speedup_{p}_vs_reference']:.1f}x")
     for p, a in r["precision"].items():
         ok = "ok" if a["within_bounds"] else "OUT"

@@ -129,7 +129,16 @@ class Backbone(nn.Module):
     def patch_dim(self):
         return self.clip.visual.conv1.out_channels
 
-    def _dual_block(self, blk, o, s, cls_only=False):
+    @staticmethod
+    def _mlp(blk, x, mlp_dtype=None):
+        """x + mlp(ln_2(x)); with mlp_dtype, the MLP alone runs under autocast (the residual stays fp32)."""
+        if mlp_dtype is None:
+            return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        h = blk.ln_2(x)
+        with torch.autocast(x.device.type, dtype=mlp_dtype):
+            return x + blk.ls_2(blk.mlp(h)).to(x.dtype)
+
+    def _dual_block(self, blk, o, s, cls_only=False, mlp_dtype=None):
         attn = blk.attn
         q, k, v = F.linear(blk.ln_1(o), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (_heads(t, self.n_heads) for t in (q, k, v))
@@ -138,11 +147,12 @@ class Backbone(nn.Module):
             o = o[:, :1]
             q = q[:, :, :1]
         o = o + blk.ls_1(attn.out_proj(_merge(F.scaled_dot_product_attention(q, k, v))))
-        o = o + blk.ls_2(blk.mlp(blk.ln_2(o)))
-        return o, s
+        return self._mlp(blk, o, mlp_dtype), s
 
-    def encode_image(self, pixels: torch.Tensor) -> Encoding:
-        """(B, 3, S, S) normalised pixels, S = config.image_size -> Encoding."""
+    def encode_image(self, pixels: torch.Tensor, mlp_dtype=None) -> Encoding:
+        """(B, 3, S, S) normalised pixels, S = config.image_size -> Encoding.
+        mlp_dtype (e.g. torch.bfloat16) runs only the MLPs in that precision: most of the compute, and the part
+        where reduced precision costs the least accuracy (see bench/bench.py)."""
         visual = self.clip.visual
         if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[2] != pixels.shape[3] or \
                 pixels.shape[2] // self.patch != self.grid:
@@ -154,9 +164,10 @@ class Backbone(nn.Module):
         x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
         x = visual.ln_pre(visual.patch_dropout(x))
         blocks = visual.transformer.resblocks
-        o = s = blocks[0](x)
+        first = blocks[0]  # the ordinary block, through open_clip's own attention
+        o = s = self._mlp(first, x + first.ls_1(first.attention(first.ln_1(x))), mlp_dtype)
         for i, blk in enumerate(blocks[1:], start=2):
-            o, s = self._dual_block(blk, o, s, cls_only=i == len(blocks))
+            o, s = self._dual_block(blk, o, s, cls_only=i == len(blocks), mlp_dtype=mlp_dtype)
         image_feature = o[:, 0] @ visual.proj
         post = visual.ln_post(s)[:, 1:]
         proj = post @ visual.proj

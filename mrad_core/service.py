@@ -30,7 +30,7 @@ from . import viz
 from .backbone import Backbone
 from .bank import BankBuilder, MemoryBank
 from .config import DEFAULT, VARIANTS
-from .detector import PRECISIONS, Detector, resolve_device
+from .detector import PRECISIONS, Detector, fast_precision, resolve_device
 from .errors import MRADError
 from .heads import Heads
 from .images import load_image, load_mask, preprocess
@@ -93,9 +93,14 @@ class Service:
         self.model = model or os.environ.get("MRAD_MODEL") or DEFAULT.model_name
         self.config = replace(DEFAULT, model_name=self.model)
         self.device = resolve_device(device or os.environ.get("MRAD_DEVICE") or None)
-        self.precision = precision or os.environ.get("MRAD_PRECISION") or "fp32"
+        # auto: the fastest precision within the accuracy bounds of bench/bench.py (fp16 on CUDA, bf16 MLPs on
+        # CPUs with native bf16, else fp32); shown in the status line
+        self.precision = precision or os.environ.get("MRAD_PRECISION") or "auto"
+        if self.precision == "auto":
+            self.precision = fast_precision(self.device)
         if self.precision not in PRECISIONS:
-            raise MRADError(f"MRAD_PRECISION must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+            raise MRADError(f"MRAD_PRECISION must be one of {', '.join(PRECISIONS)} or auto, "
+                            f"not {self.precision!r}")
         self.batch_size = int(batch_size or os.environ.get("MRAD_BATCH_SIZE", 8))
         self.assets = Path(assets or ASSETS)
         self.download = download

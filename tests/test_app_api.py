@@ -31,7 +31,8 @@ def launch(service):
 @pytest.fixture(scope="module")
 def served(tiny_files):
     from mrad_core.service import Service
-    service = Service(files={k: tiny_files[k] for k in FILES}, model=tiny_files["model"], device="cpu")
+    service = Service(files={k: tiny_files[k] for k in FILES}, model=tiny_files["model"], device="cpu",
+                      precision="fp32")  # compared exactly with the fp32 tiny_detector
     demo, url = launch(service)
     yield service, url
     demo.close()

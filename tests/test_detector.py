@@ -89,5 +89,20 @@ def test_bf16_runs_and_stays_close(tiny_files, backbone, banks):
         assert np.abs(bf16[v].map - fp32[v].map).max() < 0.1
 
 
-def test_auto_precision_is_fp32_on_cpu(backbone):
-    assert Detector(backbone, device="cpu", precision="auto").precision == "fp32"
+def test_auto_precision_on_cpu(backbone):
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert Detector(backbone, device="cpu", precision="auto").precision == ("bf16-mlp" if native else "fp32")
+
+
+def test_bf16_mlp_rounds_only_the_mlps(tiny_files, backbone, banks):
+    pixels = torch.randn(1, 3, 518, 518)
+    with torch.inference_mode():
+        fp32 = backbone.encode_image(pixels)
+        mixed = backbone.encode_image(pixels, mlp_dtype=torch.bfloat16)
+        full = Detector(backbone, device="cpu", precision="bf16").encode(pixels)
+    assert mixed.patch_tokens.dtype == torch.float32
+    err_mixed = (mixed.patch_tokens - fp32.patch_tokens).abs().max()
+    err_full = (full.patch_tokens - fp32.patch_tokens).abs().max()
+    assert 0 < err_mixed < err_full  # reduced precision is really used, and costs less than full bf16
+    det = Detector(backbone, Heads.load(tiny_files["heads"]), *banks, device="cpu", precision="bf16-mlp")
+    assert det.predict(tiny_files["images"][:1])["clip"].map.dtype == np.float32

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mrad_core import MemoryBank, MRADError, batch, viz
 from mrad_core.backbone import Backbone
+from mrad_core.detector import fast_precision
 from mrad_core.service import SOURCES, Service
 
 ENV = ("MRAD_BACKBONE", "MRAD_HEADS", "MRAD_IMAGE_BANK", "MRAD_PATCH_BANK", "MRAD_MODEL", "MRAD_APP_SOURCE",
@@ -25,8 +27,15 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def make_service(tiny_files, kinds=("backbone", "heads", "image_bank", "patch_bank"), **kw):
-    return Service(files={k: tiny_files[k] for k in kinds}, model=tiny_files["model"], device="cpu", **kw)
+def make_service(tiny_files, kinds=("backbone", "heads", "image_bank", "patch_bank"), precision="fp32", **kw):
+    """fp32 by default, so results can be compared exactly with the fp32 `tiny_detector`."""
+    return Service(files={k: tiny_files[k] for k in kinds}, model=tiny_files["model"], device="cpu",
+                   precision=precision, **kw)
+
+
+def test_precision_defaults_to_auto_and_is_shown(tiny_files):
+    s = Service(files={"backbone": tiny_files["backbone"]}, model=tiny_files["model"], device="cpu")
+    assert s.precision == fast_precision(torch.device("cpu")) and s.precision in s.status()
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +240,8 @@ def test_tidy_removes_only_old_work_files(tiny_files):
 
 def test_precision_and_device_settings(tiny_files, monkeypatch):
     monkeypatch.setenv("MRAD_PRECISION", "bf16")
-    assert make_service(tiny_files).precision == "bf16"
+    assert make_service(tiny_files, precision=None).precision == "bf16"
     monkeypatch.setenv("MRAD_PRECISION", "int3")
     with pytest.raises(MRADError, match="MRAD_PRECISION"):
-        make_service(tiny_files)
+        make_service(tiny_files, precision=None)
     assert set(SOURCES) == {"env", "visa", "mvtec", "examples", "custom"}

@@ -33,8 +33,9 @@ def add_model_args(parser, precision_default="fp32"):
     h.add_argument("--hub-revision", default=None, metavar="REV",
                    help=f"branch, tag or commit [$MRAD_HUB_REVISION] (default: {DEFAULT_REVISION})")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=precision_default,
-                        help="backbone precision; fp32 reproduces the reference exactly (default: %(default)s)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "bf16-mlp", "auto"), default=precision_default,
+                        help="backbone precision; fp32 reproduces the reference exactly; bf16-mlp runs only the MLPs "
+                             "in bf16; auto picks the fastest within the accuracy bounds (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
 
 
