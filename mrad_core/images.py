@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,9 +66,10 @@ def _from_array(arr):
 
 def load_image(source, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Decode and validate an image and return it as RGB with notes on what was adjusted."""
-    Image.MAX_IMAGE_PIXELS = None  # our own, clearer limit below replaces PIL's bomb warning
     try:
-        img, name = _open(source)
+        with warnings.catch_warnings():  # our own, clearer limit below replaces PIL's bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img, name = _open(source)
         notes = []
         w, h = img.size
         if w * h > max_pixels:
@@ -86,6 +88,9 @@ def load_image(source, max_pixels: int = MAX_PIXELS) -> LoadedImage:
         return LoadedImage(to_rgb(img, notes), name, notes)
     except ImageError:
         raise
+    except Image.DecompressionBombError as e:  # PIL's own hard limit, checked when the file is opened
+        raise ImageError(f"{_name(source)}: larger than the {max_pixels / 1e6:.0f} MP limit ({e}); downscale it "
+                         "first (MRAD works at 518x518)")
     except UnidentifiedImageError:
         raise ImageError(f"{_name(source)}: not an image format that can be read (PNG, JPEG, BMP, TIFF, WebP, GIF …)")
     except (OSError, SyntaxError, ValueError) as e:

@@ -95,6 +95,11 @@ def test_tiny_and_huge_images_are_refused(tmp_path):
         load_image(_save(Image.new("RGB", (1, 1)), tmp_path / "one.png"))
     with pytest.raises(ImageError, match="larger than"):
         load_image(_save(Image.new("RGB", (300, 300)), tmp_path / "big.png"), max_pixels=50_000)
+    # beyond PIL's own decompression-bomb limit it refuses at open: still our message, and PIL's limit untouched
+    limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageError, match="larger than"):
+        load_image(_save(Image.new("1", (20000, 20000)), tmp_path / "huge.png"))
+    assert Image.MAX_IMAGE_PIXELS == limit
 
 
 def test_arrays_and_bytes_are_accepted(tmp_path):
