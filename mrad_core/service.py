@@ -206,8 +206,8 @@ class Service:
                         path = hub.backbone_weights(self.model, self.config.pretrained, allow_download=self.download)
                     self.set_status(f"loading the CLIP backbone {Path(path).name if path else self.model} …")
                     self._backbone = Backbone.load(path, self.config)
-                except MRADError as e:
-                    self.set_status(f"the CLIP backbone is not available: {e}")
+                except MRADError as e:  # its message already says what is missing and how to provide it
+                    self.set_status(str(e))
                     raise
                 except Exception as e:
                     self.set_status("the CLIP backbone could not be loaded")
