@@ -181,11 +181,6 @@ def flatten_official(raw, path=""):
     return state
 
 
-def image_probs_ft(heads: Heads, query, keys, values, temperature=1.0):
-    """FT image retrieval: Q -> mlp1(Q), K -> mlp2(K)."""
-    return retrieve(heads.image_proj.mlp1(query), heads.image_proj.mlp2(keys), values, temperature)
-
-
 def regional_prior(tokens: torch.Tensor, anomalous: torch.Tensor) -> torch.Tensor:
     """tokens (B, N, E) normalised projected tokens, anomalous (B, N) bool -> prior (B, 2, E) = [normal, anomalous]
     region means (zero for an empty region)."""
