@@ -12,6 +12,7 @@ scores each chosen variant from that encoding. Batches: see batch.py.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -38,6 +39,7 @@ from .loading import resolve_paths
 
 ASSETS = Path(os.environ.get("MRAD_ASSETS", Path(__file__).resolve().parents[1] / "assets"))
 MAX_CUSTOM_BANKS = 16
+MAX_ENCODINGS = 8  # recent single-image encodings kept (~11 MB each at full size): re-runs skip the backbone
 SOURCES = {
     "env": "Your files (MRAD_HEADS / MRAD_IMAGE_BANK / MRAD_PATCH_BANK)",
     "visa": "VisA memory + VisA-trained heads (the paper's pairing for MVTec AD and other datasets)",
@@ -116,6 +118,7 @@ class Service:
         self._calibrations: dict = {}
         self._calibration_lock = threading.Lock()
         self._threads: list = []
+        self._encodings: OrderedDict = OrderedDict()  # sha1 of the model input -> Encoding (one backbone per service)
         self._status = "idle: nothing loaded yet (the model loads on first use)"
 
     # ------------------------------------------------------------------ setup and status
@@ -285,6 +288,21 @@ class Service:
         self.calls["encode"] += len(images)
         return det.encode(images)
 
+    def encode_cached(self, det: Detector, pixels: torch.Tensor):
+        """encode() of one image, re-using the encoding when the same image comes again (another source or other
+        variants): every source shares this service's backbone, so the encoding depends on the pixels only."""
+        key = hashlib.sha1(pixels.numpy().tobytes()).hexdigest()
+        with self._lock:
+            if key in self._encodings:
+                self._encodings.move_to_end(key)
+                return self._encodings[key]
+        enc = self.encode(det, pixels)
+        with self._lock:
+            self._encodings[key] = enc
+            while len(self._encodings) > MAX_ENCODINGS:
+                self._encodings.popitem(last=False)
+        return enc
+
     def score(self, det, enc, variant):
         self.calls["score"] += 1
         return det.score(enc, variant)
@@ -358,7 +376,7 @@ class Service:
         run, skipped = self.runnable(det, variants)
         pixels = preprocess(loaded.image, self.config.image_size)[None]
         t0 = time.perf_counter()
-        enc = self.encode(det, pixels)
+        enc = self.encode_cached(det, pixels)
         latency = {"encode": 1000 * (time.perf_counter() - t0)}
         display = viz.fit(np.asarray(loaded.image))
         maps, scores = {}, {}

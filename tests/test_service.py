@@ -81,6 +81,24 @@ def test_analyze_matches_the_detector(service, tiny_detector, tiny_files):
     assert summary["encode_ms"] > 0
 
 
+def test_the_same_image_again_reuses_its_encoding(tiny_files):
+    s = make_service(tiny_files)
+    s.calibrate_maps = False  # calibration would encode reference images in the background
+    s.detector("examples")  # building the examples bank encodes its images: count from here on
+    before = s.calls["encode"]
+    image, other = tiny_files["images"]
+    first = s.analyze(image, ["tf"], "env")
+    assert s.calls["encode"] == before + 1
+    again = s.analyze(image, ["tf", "ft", "clip"], "examples")  # other variants, another source: no new encode
+    assert s.calls["encode"] == before + 1 and s.calls["score"] == 4
+    fresh = make_service(tiny_files).analyze(image, ["tf", "ft", "clip"], "examples")
+    for v in ("tf", "ft", "clip"):
+        assert again.scores[v] == fresh.scores[v]
+    assert again.scores["tf"] != first.scores["tf"]  # a different bank really was used
+    s.analyze(other, ["tf"], "env")
+    assert s.calls["encode"] == before + 2
+
+
 def test_one_encode_per_request_and_calibration_from_cache(tiny_files):
     s = make_service(tiny_files)
     a = s.analyze(tiny_files["images"][0], ["tf", "ft", "clip"], "env")
