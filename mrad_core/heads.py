@@ -189,11 +189,14 @@ def regional_prior(tokens: torch.Tensor, anomalous: torch.Tensor) -> torch.Tenso
 
 
 def clip_patch_probs(heads: Heads, backbone, tokens, prior, text_temperature=0.07):
-    """MRAD-CLIP: prior (B, 2, E) -> dynamic prompts -> text features (B, 2, E) -> per-patch probs (B, N, 2)."""
+    """MRAD-CLIP: prior (B, 2, E) -> dynamic prompts -> text features (B, 2, E) -> per-patch probs (B, N, 2).
+    Differentiable (training uses it too). The compound prompts are expanded per prompt *before* the text encoder's
+    fp16 rounding, as the reference does: the same forward values, and each prompt's gradient is rounded to fp16
+    before the gradients are summed, which the training parity test needs."""
     bias_n = heads.prompt_proj.mlp1(prior[:, 0])
     bias_a = heads.prompt_proj.mlp2(prior[:, 1])
     prompts, eot = heads.prompt_learner.prompts(bias_n, bias_a)
-    text = backbone.encode_text(prompts, eot, list(heads.prompt_learner.compound_prompts_text))
-    text = text.view(prior.shape[0], 2, -1)
+    compound = [c.expand(prompts.shape[0], -1, -1) for c in heads.prompt_learner.compound_prompts_text]
+    text = backbone.encode_text(prompts, eot, compound).view(prior.shape[0], 2, -1)
     probs = torch.softmax(tokens @ text.transpose(1, 2) / text_temperature, dim=-1)
     return probs, text

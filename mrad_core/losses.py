@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .heads import Heads, regional_prior
+from .heads import Heads, clip_patch_probs, regional_prior
+from .maps import upsample_probs
 
 IMAGE_QUANTILE = 0.95  # similarity dropout: image logits above this per-query quantile of the raw similarity -> -inf
 PATCH_QUANTILE = 0.8  # ... and patch logits above this one
@@ -84,14 +85,6 @@ def ft_probs(heads: Heads, feats: Features, image_bank, patch_bank, dropout: boo
     return image_probs, masked_retrieve(logits, patch_bank.values, mask)
 
 
-def upsample_probs(probs: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, N, C) per-patch values on a square grid -> (B, C, size, size), bilinear, align_corners=False."""
-    b, n, c = probs.shape
-    g = int(round(n ** 0.5))
-    grid = probs.reshape(b, g, g, c).permute(0, 3, 1, 2)
-    return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
-
-
 def segmentation_loss(probs_map: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """FT stage: focal(map, gt) + dice(map[:, 1], gt). probs_map (B, 2, S, S), gt (B, S, S) 0/1."""
     return focal_loss(probs_map, gt) + dice_loss(probs_map[:, 1], gt)
@@ -108,24 +101,12 @@ def ft_losses(heads: Heads, feats: Features, gt: torch.Tensor, labels: torch.Ten
                 image_probs=image_probs)
 
 
-def text_features(heads: Heads, backbone, prior: torch.Tensor) -> torch.Tensor:
-    """Dynamic prompts from the prior (B, 2, E) -> text features (B, 2, E), normalised, with autograd.
-    The compound prompts are expanded per prompt *before* the text encoder's fp16 rounding, as the reference
-    does, so each prompt's gradient is rounded to fp16 before the gradients are summed (same forward values)."""
-    bias_n = heads.prompt_proj.mlp1(prior[:, 0])
-    bias_a = heads.prompt_proj.mlp2(prior[:, 1])
-    prompts, eot = heads.prompt_learner.prompts(bias_n, bias_a)
-    compound = [c.expand(prompts.shape[0], -1, -1) for c in heads.prompt_learner.compound_prompts_text]
-    return backbone.encode_text(prompts, eot, compound).view(prior.shape[0], 2, -1)
-
-
 def clip_losses(heads: Heads, backbone, feats: Features, gt: torch.Tensor, seg_probs: torch.Tensor,
                 region_threshold: float = 0.5, text_temperature: float = 0.07) -> dict:
     """CLIP stage of one batch. seg_probs (B, N, 2): the (dropout-masked) FT patch probabilities that split each
     image into normal / anomalous regions -> {clip_loss, loss, prior (B, 2, E), probs (B, N, 2)}."""
     prior = regional_prior(feats.tokens, seg_probs[..., 1].detach() > region_threshold)
-    text = text_features(heads, backbone, prior)
-    probs = torch.softmax(feats.tokens @ text.transpose(1, 2) / text_temperature, dim=-1)
+    probs, _ = clip_patch_probs(heads, backbone, feats.tokens, prior, text_temperature)
     sim_map = upsample_probs(probs, gt.shape[-1])
     loss = focal_loss(sim_map, gt) + dice_loss(sim_map[:, 1], gt) + dice_loss(sim_map[:, 0], 1 - gt)
     return dict(clip_loss=loss, loss=loss, prior=prior, probs=probs)

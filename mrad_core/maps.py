@@ -7,12 +7,17 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 
-def upsample(patch_map: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, N) patch values on a square grid -> (B, size, size), bilinear, align_corners=False."""
-    b, n = patch_map.shape
+def upsample_probs(probs: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, N, C) per-patch values on a square grid -> (B, C, size, size), bilinear, align_corners=False."""
+    b, n, c = probs.shape
     g = int(round(n ** 0.5))
-    return F.interpolate(patch_map.view(b, 1, g, g), size=(size, size), mode="bilinear",
-                         align_corners=False)[:, 0]
+    grid = probs.reshape(b, g, g, c).permute(0, 3, 1, 2)
+    return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def upsample(patch_map: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, N) patch values on a square grid -> (B, size, size)."""
+    return upsample_probs(patch_map[..., None], size)[:, 0]
 
 
 def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mrad_core.losses import dice_loss, dropout_mask, focal_loss, masked_retrieve, upsample_probs
+from mrad_core.losses import dice_loss, dropout_mask, focal_loss, masked_retrieve
+from mrad_core.maps import upsample_probs
 
 
 def _reference_focal(probs, target, gamma=2.0, smooth=1e-5):
