@@ -198,8 +198,21 @@ class MRADApp:
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 d.image = image_input(label="Image (drop, paste or click an example)", sources=["upload", "clipboard"],
-                                      elem_id="input-image", height=280)
+                                      elem_id="input-image", height=220)
                 d.run = gr.Button("Detect anomalies", variant="primary", elem_id="run")
+                c = d.controls  # next to the results they re-draw (no model call)
+                c["image_threshold"] = gr.Slider(0, 1, 0.5, step=0.01, label="Image threshold (score → verdict)",
+                                                 elem_id="image-threshold")
+                c["pixel_threshold"] = gr.Slider(0, 1, 0.5, step=0.01, label="Pixel threshold (area, contours)",
+                                                 elem_id="pixel-threshold")
+                c["normalisation"] = gr.Radio([("raw", "raw"), ("min–max", "minmax"), ("calibrated", "calibrated")],
+                                              value="raw", label="Map normalisation", elem_id="normalisation")
+                with gr.Accordion("Overlay style", open=False):
+                    c["opacity"] = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay opacity")
+                    c["colormap"] = gr.Dropdown(list(viz.COLORMAPS), value="turbo", label="Colormap")
+                    with gr.Row():
+                        c["contours"] = gr.Checkbox(True, label="Contours")
+                        c["binary"] = gr.Checkbox(False, label="Binary mask")
                 gr.Examples([[p] for p in EXAMPLES], [d.image], label="Synthetic examples (procedural)",
                             examples_per_page=8)
             with gr.Column(scale=3):
@@ -208,23 +221,9 @@ class MRADApp:
                     for v in VARIANTS:
                         with gr.Column(min_width=220, elem_id=f"result-{v}") as d.columns[v]:
                             d.sliders[v] = gr.ImageSlider(label=f"{records.name(v)}: original | overlay",
-                                                          elem_id=f"overlay-{v}", slider_position=5, max_height=360)
+                                                          elem_id=f"overlay-{v}", slider_position=5, max_height=300)
                             d.cards[v] = gr.HTML(f"<div id='card-{v}'></div>")
                 d.legend = gr.HTML()
-                c = d.controls
-                with gr.Row():
-                    c["image_threshold"] = gr.Slider(0, 1, 0.5, step=0.01, label="Image threshold (score → verdict)",
-                                                     elem_id="image-threshold")
-                    c["pixel_threshold"] = gr.Slider(0, 1, 0.5, step=0.01, label="Pixel threshold (area, contours)",
-                                                     elem_id="pixel-threshold")
-                    c["opacity"] = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay opacity")
-                with gr.Row():
-                    c["colormap"] = gr.Dropdown(list(viz.COLORMAPS), value="turbo", label="Colormap", min_width=120)
-                    c["normalisation"] = gr.Radio([("raw", "raw"), ("min–max", "minmax"),
-                                                   ("calibrated", "calibrated")], value="raw",
-                                                  label="Map normalisation", elem_id="normalisation")
-                    c["contours"] = gr.Checkbox(True, label="Contours")
-                    c["binary"] = gr.Checkbox(False, label="Binary mask")
                 with gr.Row():
                     d.export = gr.Button("Export CSV", size="sm", elem_id="export")
                     d.csv = gr.File(label="CSV (one row per variant)", elem_id="csv")
@@ -262,6 +261,8 @@ class MRADApp:
         self.build_button = gr.Button("Build bank", variant="primary", elem_id="build-bank")
         self.bank_report = gr.Markdown()
         self.bank_files = gr.File(label="Bank files (safetensors: --image-bank / --patch-bank)")
+        self.bank_id_box = gr.Textbox(label="Bank id (API: /predict with source='custom' and this bank_id)",
+                                      interactive=False)
 
     # ------------------------------------------------------------------ wiring
     def wire(self, demo):
@@ -298,7 +299,7 @@ class MRADApp:
                                                                   self.batch_zip, self.batch_report],
                              api_name="predict_batch", **model)
         self.build_button.click(self.build_bank_files, [self.normal_files, self.defect_files, self.bank_name],
-                                [self.bank_report, self.bank_files, self.bank_id, self.source],
+                                [self.bank_report, self.bank_files, self.bank_id_box, self.bank_id, self.source],
                                 api_name="build_bank", **model)
         gr.api(self.predict, api_name="predict", concurrency_limit=self.concurrency, concurrency_id="model")
         gr.api(self.status_text, api_name="status", queue=False, concurrency_limit=None)
@@ -436,7 +437,8 @@ class MRADApp:
                                              progress=self.reporter(progress))
         report = f"**Bank ready:** {self.service.catalogue.bank_info(bank_id)}. Memory bank switched to *My bank*." + \
             "".join(f"\n- {n}" for n in notes)
-        return report, [str(p) for p in self.service.catalogue.bank_files(bank_id)], bank_id, "custom"
+        files = [str(p) for p in self.service.catalogue.bank_files(bank_id)]
+        return report, files, bank_id, bank_id, "custom"
 
     @user_errors
     def predict(self, image: gr.FileData, variants: list[str] = list(VARIANTS), source: str | None = None,
