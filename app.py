@@ -274,7 +274,8 @@ class MRADApp:
                     api_visibility="private"
                     ).then(self.detect_image, [d.image, self.variants, self.source, self.bank_id, self.levels,
                                                *controls], [self.analysis, self.levels, *results],
-                           api_visibility="private", show_progress="full", **model
+                           api_visibility="private", show_progress="full",
+                           show_progress_on=[d.summary, *d.sliders.values()], **model
                            ).then(lambda: gr.Button(interactive=True), None, d.run, queue=False,
                                   api_visibility="private")
         for c in controls:
@@ -297,10 +298,10 @@ class MRADApp:
                                                   self.batch_threshold, self.batch_pixel, self.batch_norm,
                                                   self.bank_id], [self.gallery, self.table, self.batch_csv,
                                                                   self.batch_zip, self.batch_report],
-                             api_name="predict_batch", **model)
+                             api_name="predict_batch", show_progress_on=[self.batch_report, self.gallery], **model)
         self.build_button.click(self.build_bank_files, [self.normal_files, self.defect_files, self.bank_name],
                                 [self.bank_report, self.bank_files, self.bank_id_box, self.bank_id, self.source],
-                                api_name="build_bank", **model)
+                                api_name="build_bank", show_progress_on=[self.bank_report], **model)
         gr.api(self.predict, api_name="predict", concurrency_limit=self.concurrency, concurrency_id="model")
         gr.api(self.status_text, api_name="status", queue=False, concurrency_limit=None)
 
