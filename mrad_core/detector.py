@@ -161,6 +161,7 @@ class Detector:
         image_bank = image_bank.check(self.backbone.image_dim, "image bank").to(self.device)
         patch_bank = patch_bank.check(self.backbone.patch_dim, "patch bank").to(self.device)
         other.image_bank, other.patch_bank, other._ft_keys = image_bank, patch_bank, None
+        other.banks_edited = True  # the banks are no longer the files in `delivery` (profile.setup_identity)
         return other
 
     @torch.inference_mode()

@@ -180,9 +180,12 @@ def identity(obj, path=None) -> dict:
 
 def setup_identity(detector, paths: dict | None = None) -> dict:
     """{"bank": {"image": ID, "patch": ID}, "heads": ID or None} of a detector. paths: {"image_bank", "patch_bank",
-    "heads"} files (default: those it was loaded from, when loading.load_detector made it)."""
+    "heads"} files (default: those it was loaded from, when loading.load_detector made it; banks swapped in by
+    Detector.with_banks are identified by their tensors)."""
     if paths is None:
-        paths = getattr(getattr(detector, "delivery", None), "paths", None) or {}
+        paths = dict(getattr(getattr(detector, "delivery", None), "paths", None) or {})
+        if getattr(detector, "banks_edited", False):  # Detector.with_banks: in-memory banks, digest their tensors
+            paths.pop("image_bank", None), paths.pop("patch_bank", None)
     return {"bank": {"image": identity(detector.image_bank, paths.get("image_bank")),
                      "patch": identity(detector.patch_bank, paths.get("patch_bank"))},
             "heads": identity(detector.heads, paths.get("heads")) if detector.heads is not None else None}

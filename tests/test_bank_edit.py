@@ -110,3 +110,23 @@ def test_provenance_round_trips_through_files(banks, encodings, tmp_path):
     li, lp = MemoryBank.load(tmp_path / "i.safetensors", "image"), MemoryBank.load(tmp_path / "p.safetensors", "patch")
     assert li.ids == ib.ids and lp.ids == ib.ids and torch.equal(lp.owner, pb.owner)
     assert torch.equal(li.thumbnails[-1], thumb) and not li.thumbnails[0].any()
+
+
+def test_authors_banks_without_provenance(tiny_detector, banks, encodings, tmp_path):
+    """Banks that record no images (the official layout): added images get ids, the old entries none; removing
+    the added ones gives back banks without provenance, tensors unchanged."""
+    enc, mask = encodings
+    plain = []
+    for b in banks:
+        torch.save({"keys": b.keys, "values": b.values}, tmp_path / f"{b.kind}.pt")
+        plain.append(MemoryBank.load(tmp_path / f"{b.kind}.pt", b.kind))
+    assert plain[0].ids is None and plain[1].owner is None
+    ib, pb = add_defect(*plain, enc[1], mask[None], ["bad"])
+    assert ib.ids == [None] * len(plain[0]) + ["bad"] and pb.owner.tolist() == [-1] * len(plain[1]) + [4, 4]
+    ib.save(tmp_path / "i.safetensors")
+    assert MemoryBank.load(tmp_path / "i.safetensors", "image").ids == ib.ids
+    ib2, pb2 = remove_images(ib, pb, ["bad"])
+    assert ib2.ids is None and pb2.owner is None
+    assert torch.equal(ib2.keys, plain[0].keys) and torch.equal(pb2.keys, plain[1].keys)
+    with pytest.raises(MRADError, match="it records no images"):
+        remove_images(ib2, pb2, ["bad"])

@@ -101,3 +101,14 @@ def test_cli_calibrate_then_predict_with_profile(tiny_files, normals, model_args
     assert err.count("\n") == 0 and "not an MRAD profile" in err
     assert main(["calibrate", normals[0], "--out", str(out), "--rate", "2", *model_args]) == 2
     assert "--rate must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_setup_identity_follows_the_banks(tiny_files):
+    from mrad_core.loading import load_detector
+    from mrad_core.profile import setup_identity
+    f = tiny_files
+    det = load_detector(f["backbone"], f["heads"], f["image_bank"], f["patch_bank"], model=f["model"], device="cpu")
+    ident = setup_identity(det)
+    assert ident["bank"]["image"]["digest_of"] == "file" and ident["heads"]["digest_of"] == "file"
+    edited = setup_identity(det.with_banks(det.image_bank, det.patch_bank))
+    assert edited["bank"]["image"]["digest_of"] == "tensors" and edited["heads"] == ident["heads"]
