@@ -87,7 +87,8 @@ def main():
     for size in (int(s) for s in args.sizes):
         for method in ("plain", "chunked"):
             if method == "plain" and 2 * args.queries * size * 4 / 2**30 > args.plain_max_gb:
-                print(f"{size:>10} {size * args.dim * 4 / 2**20:>9.0f} {method:>8} {'skipped (score matrix too big)':>19}")
+                bank_mb = size * args.dim * 4 / 2**20
+                print(f"{size:>10} {bank_mb:>9.0f} {method:>8} skipped (score matrix too big)")
                 continue
             cmd = [sys.executable, __file__, "--child", str(size), method, "--dim", str(args.dim), "--queries",
                    str(args.queries), "--device", args.device, "--repeats", str(args.repeats)]

@@ -24,7 +24,8 @@ def model(tiny_files):
 
 
 def _pair(d):
-    return MemoryBank.load(d / "image_bank.safetensors", "image"), MemoryBank.load(d / "patch_bank.safetensors", "patch")
+    return (MemoryBank.load(d / "image_bank.safetensors", "image"),
+            MemoryBank.load(d / "patch_bank.safetensors", "patch"))
 
 
 def _fails(argv, capsys, message):

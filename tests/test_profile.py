@@ -62,7 +62,8 @@ def test_profile_round_trips_and_bad_files_are_clear(tmp_path):
     loaded = Profile.load(prof.save(tmp_path / "p.json"))
     assert loaded == prof and loaded.to_json()["format"] == PROFILE_FORMAT
     cases = {"not json": ("not a JSON file", "{oops"),
-             "old": ("format mrad-profile/0 is not supported", json.dumps({**prof.to_json(), "format": "mrad-profile/0"})),
+             "old": ("format mrad-profile/0 is not supported",
+                     json.dumps({**prof.to_json(), "format": "mrad-profile/0"})),
              "other": ("not an MRAD profile", json.dumps({"variants": {}})),
              "rate": ("rate must be", json.dumps({**prof.to_json(), "rate": 1.5})),
              "scores": ("normal_scores must be", json.dumps({**prof.to_json(), "variants": {"tf": {
