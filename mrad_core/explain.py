@@ -46,11 +46,20 @@ def top_entries(detector, encoding, variant: str, k: int = 5) -> list:
     return [_entries(wi.cpu(), ii.cpu(), labels, bank.ids) for wi, ii in zip(w, idx)]
 
 
-def patch_at(x: float, y: float, size: int, grid: int) -> tuple[int, int]:
-    """A point (x right, y down) of a size x size map -> its (row, col) on the grid x grid patch grid."""
-    if not (0 <= x < size and 0 <= y < size):
-        raise MRADError(f"point ({x}, {y}) is outside the {size}x{size} map")
-    return int(y * grid // size), int(x * grid // size)
+def patch_at(x: float, y: float, width: int, height: int, grid: int) -> tuple[int, int]:
+    """A point (x right, y down, in pixels) of a width x height image or map -> (row, col) of its patch on the
+    grid x grid patch grid (the model stretches the image to a square, so each axis scales on its own)."""
+    if not (0 <= x < width and 0 <= y < height):
+        raise MRADError(f"point ({x}, {y}) is outside the {width}x{height} image")
+    return int(y * grid // height), int(x * grid // width)
+
+
+def thumbnail(bank, index: int):
+    """The (h, w, 3) uint8 thumbnail stored for image-bank row `index`, or None (none stored for it)."""
+    if bank.thumbnails is None:
+        return None
+    t = bank.thumbnails[index]
+    return t.numpy() if bool(t.any()) else None
 
 
 def explain_patch(detector, encoding, variant: str, row: int, col: int, k: int = 5, image: int = 0) -> dict:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrad_core import MemoryBank, load_mask
+from mrad_core import MemoryBank, explain, load_mask
 from mrad_core.bank_edit import add_defect, add_normal, fresh_id, merge, one_class_note, remove_images
 from mrad_core.errors import MRADError
 from mrad_core.images import thumbnail
@@ -110,6 +110,7 @@ def test_provenance_round_trips_through_files(banks, encodings, tmp_path):
     li, lp = MemoryBank.load(tmp_path / "i.safetensors", "image"), MemoryBank.load(tmp_path / "p.safetensors", "patch")
     assert li.ids == ib.ids and lp.ids == ib.ids and torch.equal(lp.owner, pb.owner)
     assert torch.equal(li.thumbnails[-1], thumb) and not li.thumbnails[0].any()
+    assert (explain.thumbnail(li, len(li) - 1) == thumb.numpy()).all() and explain.thumbnail(li, 0) is None
 
 
 def test_authors_banks_without_provenance(tiny_detector, banks, encodings, tmp_path):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mrad_core import Heads, MemoryBank
 from mrad_core.cli import main
 from mrad_core.errors import MRADError
-from mrad_core.explain import NO_IMAGES_NOTE, explain_patch, patch_at, top_entries
+from mrad_core.explain import NO_IMAGES_NOTE, explain_patch, patch_at, thumbnail, top_entries
 
 
 @pytest.fixture
@@ -78,7 +78,8 @@ def test_patch_explanation_matches_the_patch_retrieval(tiny_detector, tiny_files
             for entry in e["top_entries"]:  # provenance: the image each patch entry came from
                 assert entry["image_index"] == int(pb.owner[entry["index"]])
                 assert entry["id"] == pb.ids[entry["image_index"]]
-    assert patch_at(517.9, 0, 518, g) == (0, g - 1)
+    assert patch_at(517.9, 0, 518, 518, g) == (0, g - 1) and patch_at(0, 99, 50, 100, g) == (g - 1, 0)
+    assert thumbnail(tiny_detector.image_bank, 0) is None  # the tiny banks store none
     with pytest.raises(MRADError, match="outside"):
         explain_patch(tiny_detector, enc, "tf", g, 0)
     with pytest.raises(MRADError, match="at least 1"):
