@@ -157,6 +157,9 @@ class Detector:
 
     def with_banks(self, image_bank: MemoryBank, patch_bank: MemoryBank) -> "Detector":
         """The same backbone and heads (shared, not copied) with other banks, e.g. after `bank_edit.add_*`."""
+        if image_bank is None or patch_bank is None:
+            raise MRADError("a detector needs both banks (an empty bank cannot be scored with: add a normal and an "
+                            "anomalous image first)")
         other = copy.copy(self)
         image_bank = image_bank.check(self.backbone.image_dim, "image bank").to(self.device)
         patch_bank = patch_bank.check(self.backbone.patch_dim, "patch bank").to(self.device)

@@ -14,8 +14,8 @@ from tqdm import tqdm
 from ..config import VARIANTS
 from ..errors import MRADError
 from ..explain import bank_note, top_entries
-from ..profile import Profile, mismatches, setup_identity
 from ..images import load_image
+from ..profile import Profile, mismatches, setup_identity
 from .common import add_model_args, detector_from_args
 
 COMMAND = "predict"
