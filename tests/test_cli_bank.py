@@ -89,6 +89,8 @@ def test_bank_errors_are_one_line(tiny_files, examples, model, tmp_path, capsys)
     _fails(["bank", "add", *pair, "--out", out, *model], capsys, "nothing to add")
     _fails(["bank", "add", *pair, "--defect", f"{examples['bad']}:{tmp_path / 'no.png'}", "--out", out, *model],
            capsys, "no.png")
+    _fails(["bank", "add", *pair, "--normal", examples["good"], examples["good"], "--out", out, *model], capsys,
+           "given twice or already in the bank")
     _fails(["bank", "remove", *pair, "--id", "nope", "--out", out], capsys, "no image nope")
     _fails(["bank", "merge", *pair, "--out", out], capsys, "at least two bank pairs")
     _fails(["bank", "merge", *pair, *pair, "--out", out], capsys, "both banks hold image")

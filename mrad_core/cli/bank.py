@@ -133,6 +133,11 @@ def run_add(args):
     masks = [load_mask(m, config.image_size) for _, m in defects]  # all inputs readable before any work
     for path in [*args.normal, *(d for d, _ in defects)]:
         load_image(path)
+    ids = [*args.normal, *(d for d, _ in defects)]
+    taken = sorted({i for i in ids if ids.count(i) > 1 or i in set((image_bank.ids or []) if image_bank else [])})
+    if taken:
+        raise MRADError(f"image id(s) {', '.join(taken[:5])} given twice or already in the bank (ids are the paths "
+                        "as given; `mrad bank remove` takes the old entry out first)")
     backbone = resolve_paths(backbone=args.backbone)["backbone"]
     if backbone is None:
         from ..hub import backbone_weights
@@ -143,15 +148,16 @@ def run_add(args):
         image_bank.check(detector.backbone.image_dim, "image bank")
         patch_bank.check(detector.backbone.patch_dim, "patch bank")
     n0 = 0 if image_bank is None else len(image_bank)
-    if args.normal:
-        thumbs = torch.stack([thumbnail(p) for p in args.normal])
-        image_bank, patch_bank = add_normal(image_bank, patch_bank, detector.encode(args.normal).to("cpu"),
-                                            [str(p) for p in args.normal], thumbs)
-    if defects:
-        images = [d for d, _ in defects]
-        thumbs = torch.stack([thumbnail(p) for p in images])
-        image_bank, patch_bank = add_defect(image_bank, patch_bank, detector.encode(images).to("cpu"),
-                                            torch.stack(masks), images, thumbs)
+    step = args.batch_size  # one batch of encodings in memory at a time
+    for s in range(0, len(args.normal), step):
+        paths = args.normal[s:s + step]
+        image_bank, patch_bank = add_normal(image_bank, patch_bank, detector.encode(paths).to("cpu"), paths,
+                                            torch.stack([thumbnail(p) for p in paths]))
+    for s in range(0, len(defects), step):
+        paths = [d for d, _ in defects[s:s + step]]
+        image_bank, patch_bank = add_defect(image_bank, patch_bank, detector.encode(paths).to("cpu"),
+                                            torch.stack(masks[s:s + step]), paths,
+                                            torch.stack([thumbnail(p) for p in paths]))
     _save(image_bank, patch_bank, args.out, f"added {len(image_bank) - n0} image(s)")
     return 0
 
