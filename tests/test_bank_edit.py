@@ -131,3 +131,24 @@ def test_authors_banks_without_provenance(tiny_detector, banks, encodings, tmp_p
     assert torch.equal(ib2.keys, plain[0].keys) and torch.equal(pb2.keys, plain[1].keys)
     with pytest.raises(MRADError, match="it records no images"):
         remove_images(ib2, pb2, ["bad"])
+
+
+def test_built_banks_record_owners_and_thumbnails(tiny_files, tiny_config, tmp_path):
+    """build-bank's banks (batched, as `mrad build-bank`) know which patch rows each image gave, so images can be
+    removed from them; each image entry has its thumbnail."""
+    from mrad_core import Detector
+    from mrad_core.build import build_banks
+    from mrad_core.datasets import read_dataset, record_id
+    from synthetic_datasets import make_dataset
+
+    make_dataset("mvtec", tmp_path, n_normal=1, n_bad=1)
+    records = read_dataset("mvtec", tmp_path)
+    det = Detector.from_files(tiny_files["backbone"], config=tiny_config, device="cpu")
+    ib, pb = build_banks(det, records, tmp_path, source="mvtec", batch_size=4, progress=False)
+    expected = [i for i, r in enumerate(records) for _ in range(1 + r.anomaly)]  # defect: anomalous + normal
+    assert pb.owner.tolist() == expected and ib.ids == [record_id(r, tmp_path) for r in records]
+    assert ib.thumbnails.shape == (len(records), 64, 64, 3) and all(t.any() for t in ib.thumbnails)
+    bad = next(i for i, r in enumerate(records) if r.anomaly)
+    ib2, pb2 = remove_images(ib, pb, [ib.ids[bad]])
+    assert len(ib2) == len(ib) - 1 and len(pb2) == len(pb) - 2 and ib.ids[bad] not in ib2.ids
+    assert torch.equal(ib2.thumbnails, torch.cat([ib.thumbnails[:bad], ib.thumbnails[bad + 1:]]))
