@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,8 +21,9 @@ from .backbone import Backbone, Encoding
 from .bank import MemoryBank
 from .config import DEFAULT, VARIANTS, MRADConfig
 from .errors import MRADError
-from .heads import Heads, clip_patch_probs, regional_prior, retrieve
+from .heads import Heads, clip_patch_probs, regional_prior
 from .images import load_image, preprocess
+from .retrieval import retrieve_any
 
 # name -> autocast dtype of the whole backbone; "bf16-mlp" runs only the backbone's MLPs in bf16
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-mlp": None}
@@ -202,22 +204,42 @@ class Detector:
                              self.heads.patch_proj.fc[1](self.patch_bank.keys))
         return self._ft_keys
 
+    def with_banks(self, image_bank: MemoryBank, patch_bank: MemoryBank) -> "Detector":
+        """The same backbone and heads (shared, not copied) with other banks, e.g. after `bank_edit.add_*`."""
+        if image_bank is None or patch_bank is None:
+            raise MRADError("a detector needs both banks (an empty bank cannot be scored with: add a normal and an "
+                            "anomalous image first)")
+        other = copy.copy(self)
+        image_bank = image_bank.check(self.backbone.image_dim, "image bank").to(self.device)
+        patch_bank = patch_bank.check(self.backbone.patch_dim, "patch bank").to(self.device)
+        other.image_bank, other.patch_bank, other._ft_keys = image_bank, patch_bank, None
+        other.banks_edited = True  # the banks are no longer the files in `delivery` (profile.setup_identity)
+        return other
+
+    @torch.inference_mode()
+    def retrieval_inputs(self, encoding: Encoding, variant: str):
+        """What the variant's two retrievals read: ((image query (B, E'), keys (M, E'), values (M, 2)),
+        (patch queries (B, N, E'), keys (P, E'), values (P, 2))). TF: normalised features against the bank keys;
+        FT and CLIP: both through the FT query / key projections."""
+        enc = encoding.to(self.device)
+        feat = F.normalize(enc.image_feature, dim=-1)
+        patches = F.normalize(enc.patch_avg, dim=-1)
+        ib, pb = self.image_bank, self.patch_bank
+        if variant == "tf":
+            return (feat, ib.keys, ib.values), (patches, pb.keys, pb.values)
+        image_keys, patch_keys = self._ft_bank_keys()
+        return ((self.heads.image_proj.mlp1(feat), image_keys, ib.values),
+                (self.heads.patch_proj.fc[0](patches), patch_keys, pb.values))
+
     @torch.inference_mode()
     def score(self, encoding: Encoding, variant: str) -> Result:
         """Score an encoding with one variant ("tf", "ft" or "clip")."""
         self.require(variant)
         cfg = self.config
         enc = encoding.to(self.device)
-        feat = F.normalize(enc.image_feature, dim=-1)
-        patches = F.normalize(enc.patch_avg, dim=-1)
-        ib, pb, tau = self.image_bank, self.patch_bank, cfg.retrieval_temperature
-        if variant == "tf":
-            img = retrieve(feat, ib.keys, ib.values, tau)
-            seg = retrieve(patches, pb.keys, pb.values, tau)
-        else:
-            image_keys, patch_keys = self._ft_bank_keys()
-            img = retrieve(self.heads.image_proj.mlp1(feat), image_keys, ib.values, tau)
-            seg = retrieve(self.heads.patch_proj.fc[0](patches), patch_keys, pb.values, tau)
+        tau = cfg.retrieval_temperature
+        (iq, ik, iv), (pq, pk, pv) = self.retrieval_inputs(enc, variant)
+        img, seg = retrieve_any(iq, ik, iv, tau), retrieve_any(pq, pk, pv, tau)  # chunked for large banks
         extras = {"seg_probs": seg}
         patch_map = seg[..., 1]
         if variant == "clip":
