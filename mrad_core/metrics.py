@@ -87,7 +87,12 @@ def pro_curve(masks, maps, max_step: int = 200, expect_fpr: float = 0.3):
 def aupro(masks, maps, max_step: int = 200, expect_fpr: float = 0.3) -> float:
     """masks (N, H, W) 0/1 and anomaly maps (N, H, W) float -> normalised area under the PRO curve up to
     FPR `expect_fpr` (the reference's cal_pro_score). NaN where the reference is undefined."""
-    curve = pro_curve(masks, maps, max_step, expect_fpr)
+    return integrate_pro(pro_curve(masks, maps, max_step, expect_fpr))
+
+
+def integrate_pro(curve) -> float:
+    """(fprs, pros) from pro_curve (or None) -> AUPRO: FPRs min-max rescaled to [0, 1], PRO integrated with
+    sklearn `auc`; NaN for None or fewer than two distinct FPRs."""
     if curve is None:
         return math.nan
     fprs, pros = curve
