@@ -23,6 +23,11 @@ def name(variant: str) -> str:
     return NAMES.get(variant, variant)
 
 
+def pct(x) -> str:
+    """Fraction -> "91.2%" (a tiny negative value shows as 0.0%, not -0.0%); "–" when undefined."""
+    return "–" if x is None or x != x else f"{round(100 * float(x), 1) + 0.0:.1f}%"
+
+
 def _colour(variant, i):
     return COLOURS.get(variant, f"C{i % 10}")
 
@@ -31,9 +36,10 @@ def _note(ax, text):
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes, fontsize=10, color="0.3")
 
 
-def roc_pr_figure(labels, scores: dict, title: str, legend_extra: dict | None = None) -> Figure:
+def roc_pr_figure(labels, scores: dict, title: str, class_means: dict | None = None) -> Figure:
     """Image-level ROC (left) and precision-recall (right) curves of every variant in `scores` ({variant: (N,)}),
-    AUROC / AP in the legend (plus `legend_extra[variant]` if given, e.g. the mean over classes)."""
+    AUROC / AP of these scores in the legend, plus the means over classes when given (pooled images:
+    class_means = {variant: {"image_auroc": x, "image_ap": y}})."""
     labels = np.asarray(labels).astype(int)
     fig = Figure(figsize=(11, 4.8), layout="constrained")
     roc_ax, pr_ax = fig.subplots(1, 2)
@@ -48,16 +54,17 @@ def roc_pr_figure(labels, scores: dict, title: str, legend_extra: dict | None = 
             _note(ax, f"undefined: only {'good' if n_bad == 0 else 'defective'} images")
         return fig
     roc_ax.plot([0, 1], [0, 1], ls=":", color="0.6", label="chance (AUROC 50.0%)")
-    pr_ax.axhline(n_bad / len(labels), ls=":", color="0.6", label=f"chance (AP {100 * n_bad / len(labels):.1f}%)")
+    pr_ax.axhline(n_bad / len(labels), ls=":", color="0.6", label=f"chance (AP {pct(n_bad / len(labels))})")
     for i, (v, s) in enumerate(scores.items()):
         s = np.asarray(s, dtype=np.float64)
-        extra = f", {legend_extra[v]}" if legend_extra and v in legend_extra else ""
+        means = (class_means or {}).get(v)
+        extra = {k: f", class mean {pct(means[k])}" if means else "" for k in ("image_auroc", "image_ap")}
         fpr, tpr, _ = roc_curve(labels, s)
         roc_ax.plot(fpr, tpr, color=_colour(v, i), lw=2,
-                    label=f"{name(v)} (AUROC {100 * roc_auc_score(labels, s):.1f}%{extra})")
+                    label=f"{name(v)} (AUROC {pct(roc_auc_score(labels, s))}{extra['image_auroc']})")
         precision, recall, _ = precision_recall_curve(labels, s)
         pr_ax.step(recall, precision, where="post", color=_colour(v, i), lw=2,
-                   label=f"{name(v)} (AP {100 * average_precision_score(labels, s):.1f}%{extra})")
+                   label=f"{name(v)} (AP {pct(average_precision_score(labels, s))}{extra['image_ap']})")
     roc_ax.legend(loc="lower right", fontsize=9)
     pr_ax.legend(loc="lower left", fontsize=9)
     for ax in (roc_ax, pr_ax):
@@ -65,27 +72,45 @@ def roc_pr_figure(labels, scores: dict, title: str, legend_extra: dict | None = 
     return fig
 
 
-def pro_figure(curves: dict, title: str, max_fpr: float = 0.3) -> Figure:
-    """PRO curves up to FPR `max_fpr`: {label: (fprs, pros, aupro) or (None, None, reason)}; the legend gives
-    each curve's AUPRO (or why it is undefined)."""
-    fig = Figure(figsize=(6.5, 4.8), layout="constrained")
-    ax = fig.subplots()
-    ax.set(title=f"{title}: PRO curve (FPR < {max_fpr:g}, the range AUPRO integrates)",
-           xlabel="pixel false positive rate", ylabel="per-region overlap (PRO)", xlim=(0, max_fpr), ylim=(0, 1.02))
+def _pro_axes(ax, curves: dict, title: str, max_fpr: float, names: bool = True):
+    ax.set(title=title, xlabel="pixel false positive rate", ylabel="per-region overlap (PRO)", xlim=(0, max_fpr),
+           ylim=(0, 1.02))
     drawn = False
     for i, (label, (fprs, pros, value)) in enumerate(curves.items()):
-        colour = _colour(label, i)
+        shown = name(label) if names else label
+        colour = _colour(label, i) if names else f"C{i % 10}"
         if fprs is None:
-            ax.plot([], [], color=colour, ls="--", label=f"{name(label)}: undefined ({value})")
+            ax.plot([], [], color=colour, ls="--", label=f"{shown}: undefined ({value})")
             continue
         order = np.argsort(fprs, kind="stable")
         ax.plot(np.asarray(fprs)[order], np.asarray(pros)[order], color=colour, lw=2,
-                label=f"{name(label)} (AUPRO {100 * value:.1f}%)" if value == value else f"{name(label)} (AUPRO –)")
+                label=f"{shown} (AUPRO {pct(value)})")
         drawn = True
     if not drawn:
-        _note(ax, "no PRO curve: needs defect masks")
+        _note(ax, "no PRO curve: it needs defect masks")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def pro_figure(curves: dict, title: str, max_fpr: float = 0.3) -> Figure:
+    """PRO curves up to FPR `max_fpr` of several variants: {variant: (fprs, pros, aupro) or (None, None, reason)};
+    the legend gives each curve's AUPRO (or why it is undefined)."""
+    fig = Figure(figsize=(6.5, 4.8), layout="constrained")
+    _pro_axes(fig.subplots(), curves, f"{title}: PRO curve (FPR < {max_fpr:g}, the range AUPRO integrates)",
+              max_fpr)
+    return fig
+
+
+def pro_grid_figure(per_variant: dict, title: str, means: dict | None = None, max_fpr: float = 0.3) -> Figure:
+    """One panel per variant with the PRO curve of every class: {variant: {class: (fprs, pros, aupro) or
+    (None, None, reason)}}; `means[variant]` (mean AUPRO over classes) goes in the panel title."""
+    fig = Figure(figsize=(5.5 * len(per_variant), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(per_variant), squeeze=False)[0]
+    fig.suptitle(f"{title}: PRO curves per class (FPR < {max_fpr:g}, the range AUPRO integrates)")
+    for ax, (v, curves) in zip(axes, per_variant.items()):
+        mean = (means or {}).get(v)
+        sub = f"{name(v)}: mean AUPRO {pct(mean)}"
+        _pro_axes(ax, curves, sub, max_fpr, names=False)
     return fig
 
 
@@ -109,7 +134,7 @@ def histogram_figure(labels, scores: dict, thresholds: dict, title: str, bins: i
         if th.get("fpr"):
             t = th["fpr"]
             ax.axvline(t["threshold"], color="0.4", ls="--", lw=1.5,
-                       label=f"FPR ≤ {100 * t['max_fpr']:g}%: {t['threshold']:.3f} (recall {t['recall']:.2f})")
+                       label=f"FPR ≤ {pct(t['max_fpr'])}: {t['threshold']:.3f} (recall {t['recall']:.2f})")
         ax.set(title=name(v), xlabel="image anomaly score", ylabel="images")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -120,7 +145,7 @@ def gallery_figure(rows: list, title: str) -> Figure:
     """Rows of dict(image (H, W, 3) uint8, overlay (H, W, 3) uint8, mask (H, W) bool, caption str) -> a
     3-column figure: image | overlay | ground-truth mask, the caption above each row."""
     n = max(1, len(rows))
-    fig = Figure(figsize=(9, 3.1 * n + 0.4), layout="constrained")
+    fig = Figure(figsize=(9, 2.7 * n + 0.4), layout="constrained")
     axes = fig.subplots(n, 3, squeeze=False)
     fig.suptitle(title)
     if not rows:
