@@ -168,6 +168,9 @@ def _from_members(members, default_cls: str, workdir) -> LabelledSet:
         base = PurePosixPath(name.replace("\\", "/")).name
         if name.startswith("__MACOSX/") or base.startswith(".") or base == "Thumbs.db":
             continue
+        if ".." in name.replace("\\", "/").split("/") or name.startswith(("/", "\\")) or ":" in name:
+            errors.append((name, "skipped: an absolute path or '..' in the archive"))
+            continue
         if PurePosixPath(base).suffix.lower() not in IMAGE_EXTS:
             errors.append((name, "skipped: not an image file"))
             continue
