@@ -85,8 +85,9 @@ def test_bad_entries_become_per_entry_errors(tmp_path, monkeypatch):
     members["good/huge.png"] = _png(8) + b"\0" * lab.MAX_ENTRY_BYTES  # one entry over the size limit
     s = read_labelled(_zip(tmp_path / "mixed.zip", members), tmp_path)
     errors = dict(s.errors)
-    assert "truncated or corrupt" in errors["good/g1.png"] or "not an image format" in errors["good/g1.png"]
-    assert "cannot read mask" in errors["masks/b1_mask.png"] and "bad/b1.png skipped with it" in errors["masks/b1_mask.png"]
+    assert errors["good/g1.png"].startswith("the image data is truncated or corrupt")
+    assert errors["masks/b1_mask.png"].startswith("cannot read mask")
+    assert errors["masks/b1_mask.png"].endswith("; bad/b1.png skipped with it")
     assert errors["masks/orphan.png"].startswith("skipped: a mask without an image (no image named orphan")
     assert errors["notes.txt"] == "skipped: not an image file"
     assert errors["good/huge.png"] == "skipped: too large when uncompressed"
@@ -105,7 +106,8 @@ def test_list_input(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"")
     s = read_labelled_list([*paths, (str(tmp_path / "broken.png"), "bad"), (paths[0][0], "maybe")])
     assert [r.anomaly for r in s.records] == [0, 1, 0, 1] and s.n_masks == 0
-    assert dict(s.errors) == {"broken.png": "the file is empty", "0.png": "skipped: label 'maybe' is neither good nor bad"}
+    assert dict(s.errors) == {"broken.png": "the file is empty",
+                              "0.png": "skipped: label 'maybe' is neither good nor bad"}
     with pytest.raises(MRADError, match="only good images"):
         read_labelled_list([paths[0]])
     with pytest.raises(MRADError, match=r"\(image, label\) or \(image, label, mask\)"):
