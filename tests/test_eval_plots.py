@@ -144,3 +144,37 @@ def test_eval_plots_writes_figures_and_thresholds(plotted):
         t = analysis["thresholds"][m["variant"]][m["class"]]["f1"]["threshold"]
         assert (m["score"] >= t) != bool(m["label"]) and (out / m["overlay"]).is_file()
     assert sorted(p.parent.name for p in (out / "overlays" / "tf").glob("*/*.png")) == ["bottle"] * 2 + ["cable"] * 2
+
+
+def test_analysis_explains_undefined_metrics(tmp_path):
+    """A class with only good images and one without masks: no thresholds, reasons instead of numbers."""
+    from mrad_core.analysis import Analysis
+    from mrad_core.datasets import Record
+    from tiny_model import synthetic_image
+
+    records = []
+    for i in range(3):
+        synthetic_image(i, (40, 52))[0].save(tmp_path / f"{i}.png")
+        records.append(Record(str(tmp_path / f"{i}.png"), None, "c", int(i == 2)))
+    rng = np.random.default_rng(0)
+    maps, masks = rng.random((3, 2, 16, 16)).astype(np.float32), np.zeros((3, 16, 16), np.uint8)
+    a = Analysis(tmp_path / "out", ("tf", "ft"), gallery=2)
+    a("good_only", records[:2], np.array([0, 0]), np.array([[0.1, 0.2], [0.3, 0.4]]), masks[:2], maps[:2])
+    a("no_masks", records, np.array([0, 0, 1]), np.array([[0.1, 0.2], [0.3, 0.1], [0.9, 0.3]]), masks, maps)
+    assert a.thresholds["tf"]["good_only"]["f1"] is None
+    assert a.thresholds["tf"]["good_only"]["reason"].startswith("only good images")
+    assert a.reasons["tf"]["good_only"] == {"pixel_auroc": "no defective images", "pixel_aupro": "no defective images",
+                                            "image_auroc": "only good images", "image_ap": "only good images"}
+    assert a.reasons["ft"]["no_masks"] == {"pixel_auroc": "no defect masks given",
+                                           "pixel_aupro": "no defect masks given"}
+    assert a.thresholds["tf"]["no_masks"]["f1"]["threshold"] == pytest.approx(0.9)
+    assert a.mistakes == []  # both variants rank the defective image first; good_only has no threshold
+    nan = float("nan")
+    report = {"images": [{"label": int(r.anomaly), "scores": {"tf": 0.5, "ft": 0.5}} for r in records],
+              "metrics": {v: {"mean": {k: (0.5 if k.startswith("image") else nan) for k in METRICS}}
+                          for v in ("tf", "ft")}}
+    content = a.finish(report)
+    assert content["undefined"]["tf"]["mean"] == {"pixel_auroc": "undefined in every class",
+                                                  "pixel_aupro": "undefined in every class"}
+    assert "plots/good_only/gallery_tf.png" in content["plots"] and "plots/all_classes/pro.png" in content["plots"]
+    assert json.loads((tmp_path / "out" / "analysis.json").read_text())["thresholds"]["ft"]["all_classes"]["f1"]
