@@ -12,7 +12,7 @@ those `mrad eval` gives on the same files.
 from __future__ import annotations
 
 import json
-import math
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -98,12 +98,26 @@ def evaluate_samples(detector, samples, variants=VARIANTS, *, progress=None, out
     MRADError for an unusable set (labelled.py) or a variant the detector cannot run."""
     if not 0 <= false_alarm_rate <= 1:
         raise MRADError(f"the false-alarm rate must be between 0 and 1, got {false_alarm_rate}")
+    if gallery < 0 or batch_size < 1:
+        raise MRADError("gallery must be >= 0 and batch_size >= 1")
     variants = tuple(variants)
     if not variants:
         raise MRADError("choose at least one variant")
     for v in variants:
         detector.require(v)
-    labelled = samples if isinstance(samples, LabelledSet) else read_labelled(samples, workdir)
+    if isinstance(samples, LabelledSet):
+        return _evaluate(detector, samples, variants, progress, out_dir, workdir, false_alarm_rate, gallery,
+                         batch_size)
+    labelled = read_labelled(samples, workdir)
+    try:
+        return _evaluate(detector, labelled, variants, progress, out_dir, workdir, false_alarm_rate, gallery,
+                         batch_size)
+    finally:  # the copies read from a ZIP or folder: the report holds what it needs
+        if labelled.root is not None:
+            shutil.rmtree(labelled.root, ignore_errors=True)
+
+
+def _evaluate(detector, labelled, variants, progress, out_dir, workdir, false_alarm_rate, gallery, batch_size):
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="mrad-eval-", dir=workdir))
     out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda fraction, text: None)
@@ -145,6 +159,5 @@ def evaluate_samples(detector, samples, variants=VARIANTS, *, progress=None, out
 
 
 def report_json(report: EvalReport) -> str:
-    """The API's JSON text of a report (NaN-free)."""
-    return json.dumps(_nan_to_none(report.to_dict()), indent=1, default=lambda x: None if
-                      isinstance(x, float) and math.isnan(x) else str(x))
+    """The API's JSON text of a report (NaN-free: undefined values are null)."""
+    return json.dumps(_nan_to_none(report.to_dict()), indent=1, default=str)

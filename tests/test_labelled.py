@@ -161,6 +161,7 @@ def test_evaluate_samples_matches_mrad_eval(dataset, tiny_detector, tmp_path):
     assert {"plots/bottle/roc_pr.png", "plots/all_classes/pro.png", "plots/cable/gallery_clip.png"} <= names
     assert any(n.startswith("overlays/ft/cable/") for n in names)
     assert report.zip == tmp_path / "r" / ZIP_NAME
+    assert not list(tmp_path.glob("mrad-labelled-*"))  # the copies from the ZIP are removed afterwards
     headers, rows = report.table()
     assert headers == ["class", "metric", "MRAD-TF", "MRAD-FT", "MRAD-CLIP", "note"] and len(rows) == 3 * 4
     bottle_auroc = next(r for r in rows if r[:2] == ["bottle", "image AUROC"])
