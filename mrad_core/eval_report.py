@@ -22,7 +22,7 @@ from .analysis import POOLED, Analysis
 from .config import VARIANTS
 from .errors import MRADError
 from .evaluate import _nan_to_none, _pct, evaluate, write_report
-from .labelled import LabelledSet, read_labelled
+from .labelled import MAX_IMAGES, LabelledSet, read_labelled
 from .metrics import METRICS, TITLES
 from .plots import name as variant_name
 
@@ -88,10 +88,12 @@ class EvalReport:
 
 
 def evaluate_samples(detector, samples, variants=VARIANTS, *, progress=None, out_dir=None, workdir=None,
-                     false_alarm_rate: float = 0.05, gallery: int = 3, batch_size: int = 8) -> EvalReport:
+                     false_alarm_rate: float = 0.05, gallery: int = 3, batch_size: int = 8,
+                     max_images: int = MAX_IMAGES) -> EvalReport:
     """Evaluate labelled images with `detector` (a mrad_core Detector: encode / score / require / config).
 
-    samples: a LabelledSet, a ZIP or folder path, or [(image, label[, mask])] (see labelled.py).
+    samples: a LabelledSet, a ZIP or folder path, or [(image, label[, mask])] (see labelled.py; at most
+    `max_images` of them are read).
     progress: None or progress(fraction in [0, 1], text), called as images are scored and plots drawn.
     out_dir: where the report goes (default: a new folder under `workdir` / the temp folder); it receives
     metrics.json/csv, scores.csv, table.md, analysis.json, plots/, overlays/ and mrad_evaluation.zip of them all.
@@ -108,7 +110,7 @@ def evaluate_samples(detector, samples, variants=VARIANTS, *, progress=None, out
     if isinstance(samples, LabelledSet):
         return _evaluate(detector, samples, variants, progress, out_dir, workdir, false_alarm_rate, gallery,
                          batch_size)
-    labelled = read_labelled(samples, workdir)
+    labelled = read_labelled(samples, workdir, max_images)
     try:
         return _evaluate(detector, labelled, variants, progress, out_dir, workdir, false_alarm_rate, gallery,
                          batch_size)

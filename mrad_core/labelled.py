@@ -29,7 +29,7 @@ from .errors import MRADError
 from .images import ImageError, load_image, load_mask
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-MAX_IMAGES = int(os.environ.get("MRAD_MAX_EVAL_IMAGES", 2000))
+MAX_IMAGES = 2000  # default limit per evaluation; read_labelled(max_images=...) for another one
 MAX_ENTRY_BYTES = 256 * 2 ** 20  # one entry, uncompressed
 MAX_TOTAL_BYTES = 4 * 2 ** 30  # all entries of one archive, uncompressed
 GOOD, BAD, MASKS = ("good", "ok"), ("bad",), ("masks",)
@@ -143,11 +143,12 @@ def _folder_members(root: Path):
             for p in sorted(root.rglob("*")) if p.is_file()], None
 
 
-def read_labelled(source, workdir=None) -> LabelledSet:
+def read_labelled(source, workdir=None, max_images: int = MAX_IMAGES) -> LabelledSet:
     """A ZIP archive or folder (path) in one of the layouts above, or a list of (image, label[, mask]) ->
-    LabelledSet. Copies go to a new folder under `workdir` (default: the system temp folder)."""
+    LabelledSet (at most `max_images` images; the rest become errors). Copies go to a new folder under
+    `workdir` (default: the system temp folder)."""
     if isinstance(source, (list, tuple)):
-        return read_labelled_list(source)
+        return read_labelled_list(source, max_images=max_images)
     path = Path(source)
     if path.is_dir():
         members, archive = _folder_members(path)
@@ -156,13 +157,13 @@ def read_labelled(source, workdir=None) -> LabelledSet:
     else:
         raise MRADError(f"{path}: no such file or folder")
     try:
-        return _from_members(members, _safe(path.stem), workdir)
+        return _from_members(members, _safe(path.stem), workdir, max_images)
     finally:
         if archive is not None:
             archive.close()
 
 
-def _from_members(members, default_cls: str, workdir) -> LabelledSet:
+def _from_members(members, default_cls: str, workdir, max_images: int) -> LabelledSet:
     errors, visible = [], []
     for name, read in members:
         base = PurePosixPath(name.replace("\\", "/")).name
@@ -193,10 +194,10 @@ def _from_members(members, default_cls: str, workdir) -> LabelledSet:
                            p.suffix.lower()))
     if train:
         errors.append((f"{train} train/ images", "not used: an evaluation uses the test/ images"))
-    return _extract(items, errors, layout, workdir)
+    return _extract(items, errors, layout, workdir, max_images)
 
 
-def _extract(items, errors, layout, workdir) -> LabelledSet:
+def _extract(items, errors, layout, workdir, max_images) -> LabelledSet:
     """Pair masks with defective images, copy both into an MVTec-style folder and check they decode."""
     def pair_key(it):
         return (it.cls, it.defect if layout == "mvtec" else "", it.stem)
@@ -208,9 +209,9 @@ def _extract(items, errors, layout, workdir) -> LabelledSet:
         else:
             masks[pair_key(it)] = it
     images = sorted((i for i in items if i.label is not None), key=lambda i: (i.cls, i.defect, i.name))
-    if len(images) > MAX_IMAGES:
-        errors.append((f"{len(images) - MAX_IMAGES} more", f"skipped: an evaluation takes at most {MAX_IMAGES} images"))
-        images = images[:MAX_IMAGES]
+    if len(images) > max_images:
+        errors.append((f"{len(images) - max_images} more", f"skipped: an evaluation takes at most {max_images} images"))
+        images = images[:max_images]
     root = Path(tempfile.mkdtemp(prefix="mrad-labelled-", dir=workdir))
     records, names, used = [], {}, set()
     try:
@@ -288,10 +289,13 @@ def _label(value) -> int | None:
     return LABELS.get(str(value).strip().lower())
 
 
-def read_labelled_list(items, cls: str = "uploads") -> LabelledSet:
+def read_labelled_list(items, cls: str = "uploads", max_images: int = MAX_IMAGES) -> LabelledSet:
     """[(image path, label[, mask path or None])] -> LabelledSet (files used where they are). Labels: 0/1,
     True/False, "good"/"ok"/"normal" or "bad"/"defective"/"anomalous". Unreadable items become errors."""
     records, names, errors = [], {}, []
+    if len(items) > max_images:
+        errors.append((f"{len(items) - max_images} more", f"skipped: an evaluation takes at most {max_images} images"))
+        items = items[:max_images]
     for item in items:
         if not isinstance(item, (list, tuple)) or len(item) not in (2, 3):
             raise MRADError(f"each labelled image must be (image, label) or (image, label, mask), got {item!r}")

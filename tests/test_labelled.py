@@ -110,6 +110,8 @@ def test_list_input(tmp_path):
                               "0.png": "skipped: label 'maybe' is neither good nor bad"}
     with pytest.raises(MRADError, match="only good images"):
         read_labelled_list([paths[0]])
+    capped = read_labelled_list(paths, max_images=2)
+    assert len(capped.records) == 2 and capped.errors == [("2 more", "skipped: an evaluation takes at most 2 images")]
     with pytest.raises(MRADError, match=r"\(image, label\) or \(image, label, mask\)"):
         read_labelled_list(["a.png"])
 
