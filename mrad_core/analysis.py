@@ -1,7 +1,7 @@
 """What `mrad eval --plots` and the app's evaluation add to the metrics: per class and pooled over all images,
 thresholds from the labels, PRO curves, why a metric is undefined, the hardest images, and the figures.
 
-`Analysis` is evaluate()'s `on_class` hook (it sees each class's maps while they are in memory), then
+`EvalAnalysis` is evaluate()'s `on_class` hook (it sees each class's maps while they are in memory), then
 `finish(report)` draws the pooled figures and writes OUT/analysis.json. Files (under OUT):
 
     plots/<class>/roc_pr.png, pro.png, histograms.png, gallery_<variant>.png
@@ -49,8 +49,8 @@ def undefined_reasons(labels, masks, maps, values: dict) -> dict:
     return {k: why[k] for k in METRICS if k in values and isinstance(values[k], float) and math.isnan(values[k])}
 
 
-class Analysis:
-    """evaluate(on_class=Analysis(...)) hook; `names` maps record.image to the name shown (default: file name)."""
+class EvalAnalysis:
+    """evaluate(on_class=EvalAnalysis(...)) hook; `names` maps record.image to the name shown (default: file name)."""
 
     def __init__(self, out_dir, variants, *, false_alarm_rate: float = 0.05, gallery: int = 3, names=None,
                  draw: bool = True):

@@ -6,7 +6,7 @@
     report.zip                                             # metrics.json/csv, scores.csv, plots, overlays
 
 The metrics come from evaluate.evaluate() (each image encoded once, every variant scored from that encoding)
-and the plots and thresholds from analysis.Analysis, the same code `mrad eval --plots` runs, so the numbers are
+and the plots and thresholds from analysis.EvalAnalysis, the same code `mrad eval --plots` runs, so the numbers are
 those `mrad eval` gives on the same files.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .analysis import POOLED, Analysis
+from .analysis import POOLED, EvalAnalysis
 from .config import VARIANTS
 from .errors import MRADError
 from .evaluate import _nan_to_none, _pct, evaluate, write_report
@@ -125,7 +125,7 @@ def _evaluate(detector, labelled, variants, progress, out_dir, workdir, false_al
     say = progress or (lambda fraction, text: None)
     n = len(labelled.records)
     say(0.0, f"scoring {n} images with {', '.join(variant_name(v) for v in variants)}")
-    analysis = Analysis(out, variants, false_alarm_rate=false_alarm_rate, gallery=gallery, names=labelled.names)
+    analysis = EvalAnalysis(out, variants, false_alarm_rate=false_alarm_rate, gallery=gallery, names=labelled.names)
 
     last = [0.0]
 

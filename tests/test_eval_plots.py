@@ -148,7 +148,7 @@ def test_eval_plots_writes_figures_and_thresholds(plotted):
 
 def test_analysis_explains_undefined_metrics(tmp_path):
     """A class with only good images and one without masks: no thresholds, reasons instead of numbers."""
-    from mrad_core.analysis import Analysis
+    from mrad_core.analysis import EvalAnalysis
     from mrad_core.datasets import Record
     from tiny_model import synthetic_image
 
@@ -158,7 +158,7 @@ def test_analysis_explains_undefined_metrics(tmp_path):
         records.append(Record(str(tmp_path / f"{i}.png"), None, "c", int(i == 2)))
     rng = np.random.default_rng(0)
     maps, masks = rng.random((3, 2, 16, 16)).astype(np.float32), np.zeros((3, 16, 16), np.uint8)
-    a = Analysis(tmp_path / "out", ("tf", "ft"), gallery=2)
+    a = EvalAnalysis(tmp_path / "out", ("tf", "ft"), gallery=2)
     a("good_only", records[:2], np.array([0, 0]), np.array([[0.1, 0.2], [0.3, 0.4]]), masks[:2], maps[:2])
     a("no_masks", records, np.array([0, 0, 1]), np.array([[0.1, 0.2], [0.3, 0.1], [0.9, 0.3]]), masks, maps)
     assert a.thresholds["tf"]["good_only"]["f1"] is None

@@ -11,7 +11,7 @@ from ..config import VARIANTS
 from ..datasets import DATASETS, dataset_name, read_dataset
 from ..distributed import setup, teardown
 from ..errors import MRADError
-from ..analysis import Analysis
+from ..analysis import EvalAnalysis
 from ..evaluate import evaluate, format_table, group_by_class, write_report
 from ..loading import resolve_paths
 from .common import add_model_args, detector_from_args
@@ -75,7 +75,7 @@ def run(args):
         for v in variants:
             detector.require(v)
         out = Path(args.out or f"mrad-eval-{name}")
-        analysis = Analysis(out, variants, false_alarm_rate=args.false_alarm_rate, gallery=args.gallery) \
+        analysis = EvalAnalysis(out, variants, false_alarm_rate=args.false_alarm_rate, gallery=args.gallery) \
             if args.plots and shard.main else None
         report = evaluate(detector, records, variants, batch_size=args.batch_size, workers=args.workers, shard=shard,
                           overlay_dir=out / "overlays", overlays=args.dump_overlays, on_class=analysis)
