@@ -29,7 +29,9 @@ from .errors import MRADError
 from .images import ImageError, load_image, load_mask
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-MAX_IMAGES = 2000  # default limit per evaluation; read_labelled(max_images=...) for another one
+# default limit per evaluation (read_labelled(max_images=...) for another): evaluate() holds one class's maps,
+# 1 MB per image and variant at 518 px, so 500 images of one class with three variants take about 1.5 GB
+MAX_IMAGES = 500
 MAX_ENTRY_BYTES = 256 * 2 ** 20  # one entry, uncompressed
 MAX_TOTAL_BYTES = 4 * 2 ** 30  # all entries of one archive, uncompressed
 GOOD, BAD, MASKS = ("good", "ok"), ("bad",), ("masks",)
