@@ -187,3 +187,26 @@ def test_good_bad_zip_without_masks_matches_mrad_eval(dataset, tiny_detector, tm
     assert got["pixel_auroc"] is None and report.undefined["tf"]["bottle"]["pixel_auroc"] == "no defect masks given"
     headers, rows = report.table()
     assert [r[1] for r in rows] == ["image AUROC", "image AP"] * 2  # no pixel rows without masks
+
+
+def test_chunk_scorer_runs_the_model_once_per_batch(dataset, tiny_detector, tmp_path):
+    """The app's GPU calls score whole batches: same metrics, one model call per batch for all variants."""
+    from mrad_core.eval_report import ChunkScorer
+
+    _, _, _, zpath = dataset
+    calls = []
+
+    def score(pixels, variants):
+        calls.append((len(pixels), tuple(variants)))
+        enc = tiny_detector.encode(pixels)
+        return {v: tiny_detector.score(enc, v) for v in variants}
+
+    scorer = ChunkScorer(score, tiny_detector.config.image_size)
+    got = evaluate_samples(scorer, zpath, ("tf", "ft"), workdir=tmp_path, gallery=0, batch_size=4)
+    want = evaluate_samples(tiny_detector, zpath, ("tf", "ft"), workdir=tmp_path, gallery=0, batch_size=4)
+    assert calls == [(4, ("tf", "ft")), (2, ("tf", "ft"))] * 2  # two classes of 6 images, batches of 4
+    for v in ("tf", "ft"):
+        for k in METRICS:
+            assert got.metrics[v]["mean"][k] == pytest.approx(want.metrics[v]["mean"][k], abs=TOL)
+    with pytest.raises(MRADError, match="MRAD-CLIP did not run"):
+        ChunkScorer(lambda p, v: {"tf": None}).score(object(), "clip")
