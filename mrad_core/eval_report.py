@@ -48,14 +48,15 @@ class EvalReport:
     info: dict = field(default_factory=dict)
 
     def table(self) -> tuple:
-        """-> (headers, rows): one row per class (then "mean") and metric, the variants side by side as
+        """-> (headers, rows): one row per class (then "mean" if several) and metric, the variants side by side as
         percentages with one decimal, "–" where undefined, and a last column saying why. Pixel metrics only when
         masks were given."""
         metrics = [k for k in METRICS if self.has_masks or not k.startswith("pixel")]
         headers = ["class", "metric", *(variant_name(v) for v in self.variants), "note"]
         first = self.metrics[self.variants[0]]
         rows = []
-        for cls in [*first["classes"], "mean"]:
+        classes = list(first["classes"])
+        for cls in classes + (["mean"] if len(classes) > 1 else []):  # one class: its mean is the same row
             for k in metrics:
                 values = [(self.metrics[v]["classes"][cls] if cls != "mean" else self.metrics[v]["mean"])[k]
                           for v in self.variants]
