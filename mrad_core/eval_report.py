@@ -39,7 +39,9 @@ class EvalReport:
     undefined: dict  # {variant: {cls | "mean": {metric: reason}}} for the metrics that are None
     thresholds: dict  # {variant: {cls | "all_classes": {"f1": dict | None, "fpr": dict | None, "reason"}}}
     images: list  # [{"name", "cls_name", "label", "scores": {variant: score}}] in evaluation order
-    mistakes: list  # [{"variant", "class", "kind", "name", "label", "score", "threshold", "overlay"}]
+    mistakes: list  # gallery images on the wrong side of their class's F1-optimal threshold (up to `gallery`
+    #                 false positives and negatives per class and variant): [{"variant", "class", "kind", "name",
+    #                 "label", "score", "threshold", "overlay" (path relative to out_dir)}]
     plots: list  # [Path] PNG figures (per class, then all_classes)
     errors: list  # [(entry, message)] entries that were skipped or need a note
     has_masks: bool
@@ -79,6 +81,15 @@ class EvalReport:
             cells += [f"{fa['threshold']:.4f}", f"{fa['fpr']:.3f}", f"{fa['recall']:.3f}"] if fa else ["–"] * 3
             rows.append([variant_name(v), *cells, t["reason"] or ""])
         return headers, rows
+
+    def threshold(self, kind: str = "f1", scope: str = POOLED) -> dict:
+        """{variant: image threshold or None}: kind "f1" (F1-optimal) or "fpr" (at the false-alarm rate), for a
+        class or all images pooled; for the single-image view's image-threshold slider (flag score >= it)."""
+        if kind not in ("f1", "fpr"):
+            raise MRADError(f"threshold kind must be 'f1' or 'fpr', not {kind!r}")
+        if any(scope not in self.thresholds[v] for v in self.variants):
+            raise MRADError(f"no class {scope!r}; choose from {', '.join(self.thresholds[self.variants[0]])}")
+        return {v: (self.thresholds[v][scope][kind] or {}).get("threshold") for v in self.variants}
 
     def to_dict(self) -> dict:
         """JSON-ready summary for the API (paths relative to out_dir)."""

@@ -172,6 +172,12 @@ def test_evaluate_samples_matches_mrad_eval(dataset, tiny_detector, tmp_path):
     th_headers, th_rows = report.threshold_table()
     assert [r[0] for r in th_rows] == ["MRAD-TF", "MRAD-FT", "MRAD-CLIP"] and len(th_rows[0]) == len(th_headers)
     assert json.loads(json.dumps(report.to_dict()))["n_images"] == 12
+    analysis = json.loads((tmp_path / "r" / "analysis.json").read_text())
+    assert report.threshold("fpr") == {v: analysis["thresholds"][v]["all_classes"]["fpr"]["threshold"]
+                                       for v in report.variants}
+    assert report.threshold("f1", "cable")["tf"] == analysis["thresholds"]["tf"]["cable"]["f1"]["threshold"]
+    with pytest.raises(MRADError, match="no class 'wheel'"):
+        report.threshold("f1", "wheel")
 
 
 def test_good_bad_zip_without_masks_matches_mrad_eval(dataset, tiny_detector, tmp_path):
