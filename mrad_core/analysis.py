@@ -31,22 +31,27 @@ def _safe(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", str(text)).strip("._") or "x"
 
 
-def undefined_reasons(labels, masks, maps, values: dict) -> dict:
-    """labels (N,), masks (N, H, W), maps (N, H, W) and the class's {metric: value} -> {metric: reason} for the
-    metrics that are NaN."""
-    labels = np.asarray(labels)
+def undefined_reasons(labels, masks, maps, aupro: float) -> dict:
+    """labels (N,), masks (N, H, W) 0/1, maps (N, H, W) and the class's AUPRO -> {metric: reason} for the
+    metrics metrics.py leaves undefined (NaN) on these inputs, in METRICS order."""
+    labels, masks = np.asarray(labels), np.asarray(masks)
     n_bad = int(labels.sum())
-    one = "only defective images" if n_bad == len(labels) else "only good images"
+    why = {}
+    if len(np.unique(labels)) < 2:
+        why["image_auroc"] = why["image_ap"] = "only defective images" if n_bad else "only good images"
     if not masks.any():
         pixel = "no defective images" if n_bad == 0 else "no defect masks given"
     elif masks.all():
         pixel = "every pixel is marked defective"
-    elif maps.max() == maps.min():
+    elif np.max(maps) == np.min(maps):
         pixel = "the anomaly maps are constant"
     else:
         pixel = "fewer than two PRO thresholds below a pixel FPR of 0.3"
-    why = {"image_auroc": one, "image_ap": one, "pixel_auroc": pixel, "pixel_aupro": pixel}
-    return {k: why[k] for k in METRICS if k in values and isinstance(values[k], float) and math.isnan(values[k])}
+    if masks.size == 0 or masks.min() == masks.max():
+        why["pixel_auroc"] = pixel
+    if math.isnan(aupro):
+        why["pixel_aupro"] = pixel
+    return {k: why[k] for k in METRICS if k in why}
 
 
 class EvalAnalysis:
@@ -75,10 +80,7 @@ class EvalAnalysis:
             self.thresholds[v][cls] = thresholds(labels, scores[:, j], self.rate)
             curve = pro_curve(masks, maps[:, j])
             value = integrate_pro(curve)
-            values = {"image_auroc": math.nan if len(np.unique(labels)) < 2 else 0.0,
-                      "pixel_auroc": math.nan if masks.min() == masks.max() else 0.0, "pixel_aupro": value}
-            values["image_ap"] = values["image_auroc"]
-            self.reasons[v][cls] = undefined_reasons(labels, masks, maps[:, j], values)
+            self.reasons[v][cls] = undefined_reasons(labels, masks, maps[:, j], value)
             self.pro[v][cls] = (None, None, self.reasons[v][cls]["pixel_aupro"]) if math.isnan(value) \
                 else (curve[0], curve[1], value)
         if not self.draw:

@@ -140,6 +140,9 @@ def test_evaluate_samples_matches_mrad_eval(dataset, tiny_detector, tmp_path):
     report = evaluate_samples(tiny_detector, zpath, progress=lambda f, t: calls.append((f, t)), out_dir=tmp_path / "r",
                               workdir=tmp_path, gallery=1)
     assert report.variants == ["tf", "ft", "clip"] and report.has_masks
+    for v in report.variants:
+        for cls, m in report.metrics[v]["classes"].items():
+            assert set(report.undefined[v][cls]) == {k for k in METRICS if m[k] is None}
     assert any("not used" in m for _, m in report.errors)  # the train/ images
     for v in report.variants:
         for cls in ("bottle", "cable"):
@@ -191,6 +194,8 @@ def test_good_bad_zip_without_masks_matches_mrad_eval(dataset, tiny_detector, tm
     for k in ("image_auroc", "image_ap"):
         assert got[k] == pytest.approx(cli["metrics"]["tf"]["classes"]["bottle"][k], abs=TOL)
     assert got["pixel_auroc"] is None and report.undefined["tf"]["bottle"]["pixel_auroc"] == "no defect masks given"
+    assert set(report.undefined["tf"]["bottle"]) == {k for k in METRICS if got[k] is None}  # a reason for each
+    assert set(report.undefined["tf"]["mean"]) == {k for k in METRICS if report.metrics["tf"]["mean"][k] is None}
     headers, rows = report.table()
     assert [r[:2] for r in rows] == [["bottle", "image AUROC"], ["bottle", "image AP"]]  # no pixel rows, no mean
 
