@@ -91,7 +91,7 @@ class EvalAnalysis:
         self._save(plots.pro_figure({v: self.pro[v][cls] for v in self.variants}, cls), d, "pro.png")
         self._save(plots.histogram_figure(labels, by_v, {v: self.thresholds[v][cls] for v in self.variants}, cls),
                    d, "histograms.png")
-        for j, v in enumerate(self.variants):
+        for j, v in enumerate(self.variants if self.k > 0 else ()):
             rows = self._gallery(cls, v, records, labels, scores[:, j], masks, maps[:, j])
             th = self.thresholds[v][cls]["f1"]
             at = f"F1-optimal threshold {th['threshold']:.3f}" if th else "no threshold: one kind of image only"

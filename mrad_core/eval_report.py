@@ -184,7 +184,7 @@ def _evaluate(detector, labelled, variants, progress, out_dir, workdir, false_al
         im["path"] = labelled.names.get(im["path"], Path(im["path"]).name)
     say(0.95, "pooled plots and the report files")
     content = analysis.finish(report)
-    info = {"source": "labelled images", "layout": labelled.layout, "variants": list(variants), "n_images": n,
+    info = {"dataset": "labelled images", "layout": labelled.layout, "variants": list(variants), "n_images": n,
             "n_good": labelled.n_good, "n_defective": labelled.n_bad, "n_masks": labelled.n_masks,
             "false_alarm_rate": false_alarm_rate, "skipped": [{"entry": e, "message": m} for e, m in labelled.errors]}
     written = write_report(report, out, info)

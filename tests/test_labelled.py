@@ -216,6 +216,8 @@ def test_chunk_scorer_runs_the_model_once_per_batch(dataset, tiny_detector, tmp_
     got = evaluate_samples(scorer, zpath, ("tf", "ft"), workdir=tmp_path, gallery=0, batch_size=4)
     want = evaluate_samples(tiny_detector, zpath, ("tf", "ft"), workdir=tmp_path, gallery=0, batch_size=4)
     assert calls == [(4, ("tf", "ft")), (2, ("tf", "ft"))] * 2  # two classes of 6 images, batches of 4
+    assert not [p for p in got.plots if p.name.startswith("gallery")] and got.mistakes == []  # gallery=0
+    assert (got.out_dir / "table.md").read_text().startswith("MRAD-TF on labelled images")
     for v in ("tf", "ft"):
         for k in METRICS:
             assert got.metrics[v]["mean"][k] == pytest.approx(want.metrics[v]["mean"][k], abs=TOL)
