@@ -37,6 +37,8 @@ MAX_TOTAL_BYTES = 4 * 2 ** 30  # all entries of one archive, uncompressed
 GOOD, BAD, MASKS = ("good", "ok"), ("bad",), ("masks",)
 LABELS = {"good": 0, "ok": 0, "normal": 0, "0": 0, "false": 0,
           "bad": 1, "defective": 1, "anomalous": 1, "anomaly": 1, "1": 1, "true": 1}
+# reading one entry: bad CRC, encrypted (RuntimeError), unsupported compression, truncated, undecodable
+READ_ERRORS = (ImageError, OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, ValueError)
 LAYOUTS = ("<class>/test/<good|defect>/<image> with masks in <class>/ground_truth/<defect>/ (MVTec), or "
            "good/<image> and bad/<image> with optional masks/<image name>")
 
@@ -230,7 +232,7 @@ def _extract(items, errors, layout, workdir, max_images) -> LabelledSet:
             try:
                 target.write_bytes(it.read())
                 load_image(target)
-            except (ImageError, OSError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
+            except READ_ERRORS as e:
                 target.unlink(missing_ok=True)
                 errors.append((it.name, _message(e, target.name)))
                 continue
@@ -242,7 +244,7 @@ def _extract(items, errors, layout, workdir, max_images) -> LabelledSet:
                 try:
                     mask_path.write_bytes(mask_item.read())
                     load_mask(str(mask_path), 8)
-                except (ImageError, OSError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
+                except READ_ERRORS as e:
                     target.unlink(missing_ok=True)
                     errors.append((mask_item.name, _message(e, mask_path.name) + f"; {it.name} skipped with it"))
                     continue

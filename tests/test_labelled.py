@@ -223,3 +223,15 @@ def test_chunk_scorer_runs_the_model_once_per_batch(dataset, tiny_detector, tmp_
             assert got.metrics[v]["mean"][k] == pytest.approx(want.metrics[v]["mean"][k], abs=TOL)
     with pytest.raises(MRADError, match="MRAD-CLIP did not run"):
         ChunkScorer(lambda p, v: {"tf": None}).score(object(), "clip")
+
+
+def test_entry_with_a_bad_checksum_is_skipped(tmp_path):
+    path = _zip(tmp_path / "crc.zip", _good_bad(n_good=2))  # stored, not compressed: bytes can be flipped
+    data = bytearray(path.read_bytes())
+    png = _png(1)  # good/g1.png
+    at = data.find(png)
+    data[at + len(png) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    s = read_labelled(path, tmp_path)
+    assert dict(s.errors)["good/g1.png"].startswith("unreadable entry (BadZipFile: Bad CRC-32")
+    assert sorted(s.names.values()) == ["bad/b0.png", "bad/b1.png", "good/g0.png"]
