@@ -28,6 +28,7 @@ import torch
 
 from .config import VARIANTS
 from .errors import MRADError
+from .records import is_anomalous
 
 PROFILE_FORMAT = "mrad-profile/1"
 DEFAULT_RATE = 0.01
@@ -62,9 +63,9 @@ class Profile:
                                f"{', '.join(self.variants)}); calibrate again with that variant")
         return self.variants[v]
 
-    def is_anomalous(self, v: str, score) -> np.ndarray:
-        """score(s) -> bool(s): above the variant's image threshold."""
-        return np.asarray(score) > self.variant(v).image_threshold
+    def is_anomalous(self, v: str, score):
+        """score(s) -> bool(s) by the one verdict rule (records.is_anomalous) at the variant's image threshold."""
+        return is_anomalous(score, self.variant(v).image_threshold)
 
     def calibrated_map(self, v: str, anomaly_map: np.ndarray) -> np.ndarray:
         """A variant's map (any shape) on the calibrated scale: 0 = typical normal pixel, 1 = pixel threshold.

@@ -23,9 +23,11 @@ def name(variant: str) -> str:
     return NAMES.get(variant, variant)
 
 
-def is_anomalous(score: float, threshold: float) -> bool:
-    """The verdict rule, for every output: anomalous when the score reaches the image threshold."""
-    return bool(score >= threshold)
+def is_anomalous(score, threshold):
+    """The verdict rule, for every output (app, API, batch, CLI, profiles): anomalous when the score reaches the image
+    threshold. A float gives a bool, an array an array of bools."""
+    verdict = np.asarray(score) >= threshold
+    return bool(verdict) if verdict.ndim == 0 else verdict
 
 
 def scores_entry(result) -> dict:

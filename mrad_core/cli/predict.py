@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import VARIANTS
+from ..records import scores_entry
 from ..errors import MRADError
 from ..explain import bank_note, top_entries
 from ..images import load_image
@@ -24,7 +25,7 @@ COMMAND = "predict"
 def add_parser(sub, name):
     p = sub.add_parser(name, help="score images and write anomaly maps",
                        description="Encode each image once and score it with the chosen variants. Writes "
-                                   "OUT/scores.json ({stem: {variant: {score, image_prob}}}) and "
+                                   "OUT/scores.json ({stem: {variant: {score, image_prob, map_top}}}) and "
                                    "OUT/<stem>.<variant>.npy (smoothed 518x518 float32 map).")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--variant", choices=(*VARIANTS, "all"), default="all", help="default: %(default)s")
@@ -75,7 +76,7 @@ def run(args):
             scores[stem] = {}
             for v in variants:
                 result = detector.score(encoding, v)
-                scores[stem][v] = {"score": float(result.score[0]), "image_prob": float(result.image_prob[0])}
+                scores[stem][v] = scores_entry(result)
                 if profile is not None:
                     scores[stem][v]["anomalous"] = bool(profile.is_anomalous(v, result.score[0]))
                 if args.explain:
