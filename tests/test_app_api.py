@@ -25,7 +25,7 @@ def launch(service):
     import app
     demo = app.build_demo(service)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **app.launch_kwargs(service.settings))
+                            **app.launch_options(demo))
     return demo, url
 
 
@@ -94,7 +94,7 @@ def test_rerenders_do_not_call_the_model(served, tiny_files, tmp_path):
                           "high": (0.5, 0.8, 0.5, "turbo", True, False, "raw"),
                           "binary": (0.5, 0.5, 0.7, "jet", False, True, "minmax"),
                           "calibrated": (0.9, 0.5, 0.5, "gray", True, False, "calibrated")}.items():
-        outputs[key] = ui.render(a, *controls)
+        outputs[key] = d.render(a, *controls)
     assert dict(service.calls) == calls  # no encode, no score
     assert sorted(service.workdir.rglob("*")) == files  # no file written
     overlay = {k: out[d.sliders["clip"]][1] for k, out in outputs.items()}  # MRAD-CLIP slider, right side
@@ -104,7 +104,7 @@ def test_rerenders_do_not_call_the_model(served, tiny_files, tmp_path):
     assert "(threshold 0.90)" in card and "calibrated" in card and "not calibrated" not in card
     assert "not computed" not in outputs["calibrated"][d.summary]
     assert outputs["high"][d.json]["pixel_threshold"] == 0.8  # the JSON panel follows the controls
-    path = ui.export_csv(a, 0.5, 0.8, 0.5, "turbo", True, False, "raw")  # written when asked for
+    path = d.export_csv(a, 0.5, 0.8, 0.5, "turbo", True, False, "raw")  # written when asked for
     with open(path) as f:
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["MRAD-TF", "MRAD-FT", "MRAD-CLIP"]

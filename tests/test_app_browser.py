@@ -27,7 +27,7 @@ def served(tiny_files):
                       model=tiny_files["model"], device="cpu")
     demo = app.build_demo(service)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **app.launch_kwargs(service.settings))
+                            **app.launch_options(demo))
     yield service, url
     demo.close()
 

@@ -38,7 +38,7 @@ def forked(tiny_files):
 def test_prediction_runs_in_a_fresh_worker(forked, tiny_files, tiny_detector):
     service, ui = forked
     before = dict(service.calls)
-    result = ui.predict({"path": tiny_files["images"][1]})
+    result = ui.detect.predict({"path": tiny_files["images"][1]})
     expected = tiny_detector.predict([tiny_files["images"][1]])
     for v, r in expected.items():
         assert result["variants"][v]["score"] == pytest.approx(float(r.score[0]), abs=1e-4)
@@ -49,9 +49,9 @@ def test_prediction_runs_in_a_fresh_worker(forked, tiny_files, tiny_detector):
 def test_custom_bank_built_in_one_call_is_used_in_the_next(forked):
     service, ui = forked
     normal = [str(ASSETS / "examples" / n) for n in ("metal_good.png", "wood_good.png")]
-    report, files, bank_id, _, source = ui.build_bank_files(normal, [], "line 4", progress=no_progress)
+    report, files, bank_id, _, source = ui.bank.build_bank_files(normal, [], "line 4", progress=no_progress)
     assert "Bank ready" in report and source == "custom" and all(Path(f).is_file() for f in files)
-    result = ui.predict({"path": str(ASSETS / "examples" / "metal_scratch.png")}, ["tf"], "custom",
+    result = ui.detect.predict({"path": str(ASSETS / "examples" / "metal_scratch.png")}, ["tf"], "custom",
                         bank_id=bank_id)  # another fresh worker: it loads the bank from its files
     assert "My bank" in result["source"] and 0 <= result["variants"]["tf"]["score"] <= 1
 
@@ -59,20 +59,20 @@ def test_custom_bank_built_in_one_call_is_used_in_the_next(forked):
 def test_calibrated_view_after_a_prediction(forked, tiny_files):
     service, ui = forked
     d = ui.detect
-    out = ui.detect_image(tiny_files["images"][0], ["tf", "ft"], "env", None, {}, *CONTROLS, "calibrated",
+    out = ui.detect.detect_image(tiny_files["images"][0], ["tf", "ft"], "env", None, {}, *CONTROLS, "calibrated",
                           progress=no_progress)
     a, levels = out[ui.analysis], out[ui.levels]
     assert a.calibrated and set(levels["env"]) == {"tf", "ft"}  # levels came back with the result
-    rendered = ui.render(a, *CONTROLS, "calibrated")  # in the main process, from the session's state
+    rendered = ui.detect.render(a, *CONTROLS, "calibrated")  # in the main process, from the session's state
     assert "calibrated" in rendered[d.cards["tf"]] and "not calibrated" not in rendered[d.cards["tf"]]
     # the levels the session carries reach later results: with them a raw result is calibrated at once
-    carried = ui.detect_image(tiny_files["images"][1], ["tf"], "env", None, levels, *CONTROLS, "raw",
+    carried = ui.detect.detect_image(tiny_files["images"][1], ["tf"], "env", None, levels, *CONTROLS, "raw",
                               progress=no_progress)[ui.analysis]
     assert carried.outputs["tf"].calibration == levels["env"]["tf"]
-    raw = ui.detect_image(tiny_files["images"][1], ["tf"], "env", None, {}, *CONTROLS, "raw",
+    raw = ui.detect.detect_image(tiny_files["images"][1], ["tf"], "env", None, {}, *CONTROLS, "raw",
                           progress=no_progress)[ui.analysis]
     assert not raw.calibrated  # a fresh worker knows nothing the session did not give it
-    again = ui.calibrate(raw, None, levels, *CONTROLS, "calibrated")[ui.analysis]
+    again = ui.detect.calibrate(raw, None, levels, *CONTROLS, "calibrated")[ui.analysis]
     assert again.outputs["tf"].calibration == levels["env"]["tf"]
 
 
@@ -81,15 +81,15 @@ def test_user_error_arrives_intact(forked, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png at all")
     with pytest.raises(gr.Error) as err:
-        ui.predict({"path": str(bad)})
+        ui.detect.predict({"path": str(bad)})
     assert "not an image format" in err.value.message and "broken.png" in err.value.message
     with pytest.raises(gr.Error, match="unknown: xl"):
-        ui.predict({"path": str(ASSETS / "examples" / "pill_good.png")}, ["xl"])
+        ui.detect.predict({"path": str(ASSETS / "examples" / "pill_good.png")}, ["xl"])
 
 
 def test_no_background_thread_touches_the_model(forked, tiny_files):
     service, ui = forked
-    ui.detect_image(tiny_files["images"][0], ["tf"], "env", None, {}, *CONTROLS, "calibrated", progress=no_progress)
+    ui.detect.detect_image(tiny_files["images"][0], ["tf"], "env", None, {}, *CONTROLS, "calibrated", progress=no_progress)
     assert not [t for t in threading.enumerate() if t.name.startswith("mrad")]
 
 
