@@ -37,7 +37,8 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_fetch_convert_publish_then_download_from_the_mirror(official, tiny_files, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_fetch_convert_publish_then_download_from_the_mirror(official, tiny_files, tmp_path, monkeypatch,  # noqa: F811
+                                                              capsys):
     files, _ = official
     for name in ("MRAD_HUB_REPO", "MRAD_HUB_REVISION", "MRAD_HEADS", "MRAD_IMAGE_BANK", "MRAD_PATCH_BANK"):
         monkeypatch.delenv(name, raising=False)
