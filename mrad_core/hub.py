@@ -44,7 +44,7 @@ class HubError(MRADError):
 
 @dataclass(frozen=True)
 class Resolved:
-    """Where an artefact was found: origin is explicit | environment | project | hf-cache | hub."""
+    """Where an artefact was found: origin is explicit | environment | project | hf-cache | drive-cache | hub | drive."""
 
     artefact: Artefact
     path: str
