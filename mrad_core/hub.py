@@ -376,9 +376,9 @@ def backbone_weights(model_name: str, pretrained: str = "openai", allow_download
 
     from . import progress
     try:
-        _probe(repo, names[0], "main")
-        with progress.track(f"the CLIP backbone from {repo} ({BACKBONE_SIZE})", filename or BACKBONE.filename,
-                            f"{constants.ENDPOINT}/{repo}", done=partial_bytes(repo), bar=False):
+        size = _probe(repo, names[0], "main")
+        with progress.track("the CLIP backbone" + ("" if size else f" ({BACKBONE_SIZE})"), filename or names[-1],
+                            f"{constants.ENDPOINT}/{repo}", size, done=partial_bytes(repo), bar=False):
             path = download_pretrained(cfg)
     except Exception as e:  # open_clip wraps huggingface_hub's errors; the cause is kept in the chain
         raise not_found(art, reason(e, repo, "main", names[0])) from e

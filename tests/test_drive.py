@@ -248,3 +248,30 @@ def test_predict_from_drive_equals_the_same_files_by_path(official, tiny_files, 
         [registry.our_name(k, "visa") for k in registry.KINDS] + [registry.OFFICIAL_NAMES[k, "visa"]
                                                                     for k in registry.KINDS])
     assert not any((tmp_path / "proj").iterdir())  # nothing written into the project
+
+
+def test_backbone_download_is_announced(tmp_path, monkeypatch):
+    """While open_clip fetches the backbone, progress lists it with its repo and the bytes of the partial file."""
+    from huggingface_hub import constants
+    from open_clip import pretrained
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "find_in_cache", lambda *a, **k: None)
+    monkeypatch.setattr(hub, "_probe", lambda *a: 3000)
+    blobs = tmp_path / f"models--{registry.BACKBONE.repo.replace('/', '--')}" / "blobs"
+    seen = []
+
+    def fetch(cfg, *a, **k):
+        blobs.mkdir(parents=True)
+        (blobs / "abc.incomplete").write_bytes(b"x" * 1200)  # what huggingface_hub writes while downloading
+        seen.extend(progress.current_downloads())
+        (tmp_path / "weights.bin").write_bytes(b"w")
+        return str(tmp_path / "weights.bin")
+    monkeypatch.setattr(pretrained, "download_pretrained", fetch)
+    assert hub.backbone_weights("ViT-L-14-336-quickgelu", "openai") == str(tmp_path / "weights.bin")
+    assert len(seen) == 1 and progress.current_downloads() == []
+    d = seen[0]
+    assert d["label"] == "the CLIP backbone" and d["file"] == registry.BACKBONE.filename
+    assert d["source"].endswith(registry.BACKBONE.repo) and (d["done_bytes"], d["total_bytes"]) == (1200, 3000)
+    assert "downloading the CLIP backbone: open_clip_pytorch_model.bin from " in progress.describe(seen)
+    assert "(40%)" in progress.describe(seen)
