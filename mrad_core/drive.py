@@ -39,15 +39,20 @@ class DriveError(HubError):
 
 def url_template() -> str | None:
     """MRAD_DRIVE_URL (must contain {id}), the default, or None when set to `off` or when HF_HUB_OFFLINE=1."""
-    from huggingface_hub import constants
-
     template = os.environ.get("MRAD_DRIVE_URL", "").strip() or DEFAULT_URL
-    if template.lower() in ("off", "0", "none", "false") or constants.is_offline_mode():
+    if template.lower() in ("off", "0", "none", "false") or offline():
         return None
     if "{id}" not in template:
         raise HubError(f"MRAD_DRIVE_URL={template!r} has no {{id}} placeholder: use e.g. "
                        f"http://host:port/{{id}}, or unset it for Google Drive ({DEFAULT_URL})")
     return template
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE=1, as huggingface_hub read it at import or as the environment says now."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def cache_dir() -> Path:
@@ -72,7 +77,14 @@ def manual_fix(art: Artefact, roots=None) -> str:
     off = art.official
     where = Path((roots or project_dirs())[0]) / art.local_dir / off.name
     return (f"download it by hand from {off.link} and save it as {where} (or give its path with "
-            f"{FLAGS[art.kind]}); it is then used without downloading")
+            f"{FLAGS[art.kind]}); it is then used without downloading. Or set MRAD_HUB_REPO (and "
+            f"MRAD_HUB_REVISION) to a Hub mirror that has {art.filename}")
+
+
+def failure(art: Artefact, what: str, why: str, roots=None, first_fix: str = "") -> DriveError:
+    """'<label> is not available: <what>. To fix: <first_fix>, or <the manual download>.'"""
+    fix = f"{first_fix}, or {manual_fix(art, roots)}" if first_fix else manual_fix(art, roots)
+    return DriveError(f"{art.label} is not available: {what}. To fix: {fix}.", why)
 
 
 def _lock(path: Path) -> threading.Lock:
@@ -125,16 +137,16 @@ def _stream(client, url, art, tmp, roots):
     """GET url into the open file `tmp`; returns sha256. Follows one confirmation page. Raises DriveError."""
     from . import progress
 
-    off, label = art.official, art.label
+    off = art.official
     for _ in range(2):
         with client.stream("GET", url) as r:
             if r.status_code != 200:
-                raise DriveError(f"{label}: Google Drive answered HTTP {r.status_code} for {off.name} (file id "
-                                 f"{off.drive_id}, {url}). To fix: run again later, or {manual_fix(art, roots)}.",
-                                 f"HTTP {r.status_code} from {urlsplit(url).netloc}")
+                raise failure(art, f"Google Drive answered HTTP {r.status_code} for {off.name} (file id "
+                                   f"{off.drive_id}, {url})", f"HTTP {r.status_code} from {urlsplit(url).netloc}",
+                              roots, "run again later")
             total = int(r.headers["content-length"]) if r.headers.get("content-length", "").isdigit() else None
             chunks = r.iter_bytes()  # as the bytes arrive (a chunk size would buffer: no progress to show)
-            with progress.track(label, off.name, url, total) as dl:
+            with progress.track(art.label, off.name, url, total) as dl:
                 first = next(chunks, b"")
                 page = _page(r, first, chunks)
                 if page is None:
@@ -149,15 +161,14 @@ def _stream(client, url, art, tmp, roots):
                 if nxt and nxt != url:
                     url = nxt
                     continue
-                raise DriveError(f"{label}: Google Drive sent {_page_reason(page)} instead of {off.name} (file id "
-                                 f"{off.drive_id}). To fix: {manual_fix(art, roots)}.", "Drive sent an HTML page")
+                raise failure(art, f"Google Drive sent {_page_reason(page)} instead of {off.name} (file id "
+                                   f"{off.drive_id})", "Drive sent an HTML page", roots)
             if total is not None and done != total:
-                raise DriveError(f"{label}: the download of {off.name} from {url} stopped after {done} of {total} "
-                                 f"bytes; nothing was kept. To fix: run again, or {manual_fix(art, roots)}.",
-                                 "the download was incomplete")
+                raise failure(art, f"the download of {off.name} from {url} stopped after {done} of {total} bytes; "
+                                   f"nothing was kept", "the download was incomplete", roots, "run again")
             return digest.hexdigest()
-    raise DriveError(f"{label}: Google Drive kept asking for confirmation for {off.name}. To fix: "
-                     f"{manual_fix(art, roots)}.", "Drive sent an HTML page")
+    raise failure(art, f"Google Drive kept asking for confirmation for {off.name}", "Drive sent an HTML page",
+                  roots)
 
 
 def _chain_first(first, rest):
@@ -181,18 +192,16 @@ def _download(art: Artefact, dest: Path, roots) -> str:
                 where = urlsplit(url).netloc
                 what = "was interrupted" if isinstance(e, (httpx2.ReadError, httpx2.RemoteProtocolError,
                                                            httpx2.ReadTimeout)) else "could not start"
-                raise DriveError(f"{art.label}: the download of {off.name} from {where} {what} "
-                                 f"({type(e).__name__}: {e}); nothing was kept. To fix: check the network and run "
-                                 f"again, or {manual_fix(art, roots)}.", f"Google Drive ({where}) could not be "
-                                                                         f"reached: {e}") from e
+                raise failure(art, f"the download of {off.name} from {where} {what} ({type(e).__name__}: {e}); "
+                                   f"nothing was kept", f"Google Drive ({where}) could not be reached: {e}", roots,
+                              "check the network and run again") from e
         ok = accepted(off)
         if digest not in ok:
             also = f" (or one of MRAD_ACCEPT_DIGESTS: {', '.join(ok[1:])})" if ok[1:] else ""
-            raise DriveError(f"{art.label}: {off.name} downloaded from {url} has sha256 {digest} but {off.sha256} is "
-                             f"expected{also}; nothing was kept. The expected digest is the registry's (reported by an "
-                             f"independent evaluation harness). To fix: run again; if the authors re-published the "
-                             f"file and you trust it, accept it with MRAD_ACCEPT_DIGESTS={digest}; or "
-                             f"{manual_fix(art, roots)}.", "sha256 mismatch")
+            raise failure(art, f"{off.name} downloaded from {url} has sha256 {digest} but {off.sha256} is expected"
+                               f"{also} (the registry's digest, reported by an independent evaluation harness); "
+                               f"nothing was kept", "sha256 mismatch", roots, f"run again; if the authors "
+                               f"re-published the file and you trust it, accept it with MRAD_ACCEPT_DIGESTS={digest}")
         os.chmod(tmp.name, 0o644)
         os.replace(tmp.name, dest)
         return digest
@@ -224,7 +233,7 @@ def ensure(art: Artefact, roots=None) -> Path:
             convert(original, out.parent, art.kind, art.source, force=True)
         except (MRADError, OSError, RuntimeError) as e:
             original.unlink(missing_ok=True)
-            raise DriveError(f"{art.label}: {original.name} from Google Drive has the expected digest but could not "
-                             f"be converted ({e}); it was removed from {original.parent}. To fix: "
-                             f"{manual_fix(art, roots)}.", "conversion failed") from e
+            raise failure(art, f"{original.name} from Google Drive has an accepted digest but could not be "
+                               f"converted ({e}); it was removed from {original.parent}", "conversion failed",
+                          roots) from e
     return out

@@ -44,7 +44,8 @@ class HubError(MRADError):
 
 @dataclass(frozen=True)
 class Resolved:
-    """Where an artefact was found: origin is explicit | environment | project | hf-cache | drive-cache | hub | drive."""
+    """Where an artefact was found: origin is explicit | environment | project | hf-cache | drive-cache | hub |
+    drive."""
 
     artefact: Artefact
     path: str
@@ -335,7 +336,7 @@ def resolve(art: Artefact, roots=None, allow_download: bool = True, no_download_
         else:
             return Resolved(art, path, "hub", verify(path, art.label, art.sha256, art.size, _fix(art, path)))
     if not use_drive:
-        why = "HF_HUB_OFFLINE=1 is set" if _offline() else \
+        why = "HF_HUB_OFFLINE=1 is set (no download from a Hub mirror or Google Drive)" if _offline() else \
             "no Hub mirror is configured (MRAD_HUB_REPO) and Google Drive downloads are off (MRAD_DRIVE_URL=off)"
         raise not_found(art, why, roots)
     try:
@@ -349,8 +350,8 @@ def resolve(art: Artefact, roots=None, allow_download: bool = True, no_download_
 
 
 def _offline() -> bool:
-    from huggingface_hub import constants
-    return constants.is_offline_mode()
+    from .drive import offline
+    return offline()
 
 
 def backbone_weights(model_name: str, pretrained: str = "openai", allow_download: bool = True) -> str | None:

@@ -171,6 +171,11 @@ def test_drive_off_or_offline_is_a_clear_message(env, monkeypatch):
     monkeypatch.setenv("MRAD_DRIVE_URL", "http://127.0.0.1:1/file")
     with pytest.raises(hub.HubError, match=r"no \{id\} placeholder"):
         hub.resolve(ART)
+    monkeypatch.setenv("MRAD_DRIVE_URL", "http://127.0.0.1:1/{id}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after huggingface_hub was imported: still honoured
+    with pytest.raises(hub.HubError, match="HF_HUB_OFFLINE=1 is set") as e:
+        hub.resolve(ART)
+    assert "is not available" in str(e.value) and "MRAD_HUB_REPO" in str(e.value)
 
 
 def test_authors_file_in_project_is_checked_against_the_table(env, official):
