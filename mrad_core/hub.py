@@ -191,11 +191,16 @@ def not_found(art: Artefact, why: str, roots=None) -> HubError:
     link = f" from {art.official.link}" if art.official else ""
     place = f"place {art.local_names[-1] if art.local_names else art.filename} (the authors' file{link}) or " \
             f"{art.filename} in {dirs[0]}/; or " if dirs else ""
+    if art.mirror:
+        where = (f"{art.repo}@{art.rev}/{art.filename} in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                 f"on the Hub")
+    else:  # no mirror: the authors' file from Drive, converted in MRAD_CACHE_DIR
+        from .drive import cache_dir
+        where = f"{art.filename} in {cache_dir()} (no Hub mirror is set)"
     return HubError(
-        f"{art.label} is not available: {looked}{art.repo}@{art.rev}/{art.filename} in the Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}) and on the Hub: {why}. To fix: {place}run `mrad fetch-official` (downloads "
-        f"the authors' files into checkpoints/ and cache/); or set MRAD_HUB_REPO (and MRAD_HUB_REVISION) to a Hub "
-        f"repo that has {art.filename}; or give a path with {FLAGS[art.kind]}.", why)
+        f"{art.label} is not available: {looked}{where}: {why}. To fix: {place}run `mrad fetch-official` (downloads "
+        f"the authors' files from Google Drive into checkpoints/ and cache/); or set MRAD_HUB_REPO (and "
+        f"MRAD_HUB_REVISION) to a Hub repo that has {art.filename}; or give a path with {FLAGS[art.kind]}.", why)
 
 
 # ---------------------------------------------------------------- resolution
