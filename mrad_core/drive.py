@@ -140,8 +140,11 @@ def _stream(client, url, art, tmp, roots):
     off = art.official
     for _ in range(2):
         with client.stream("GET", url) as r:
-            if r.status_code != 200:
-                raise failure(art, f"Google Drive answered HTTP {r.status_code} for {off.name} (file id "
+            if r.status_code != 200:  # Drive sends its quota and sign-in pages with 403/429 too
+                chunks = r.iter_bytes()
+                page = _page(r, next(chunks, b""), chunks)
+                said = f": {_page_reason(page)}" if page and "quota" in _page_reason(page) else ""
+                raise failure(art, f"Google Drive answered HTTP {r.status_code}{said} for {off.name} (file id "
                                    f"{off.drive_id}, {url})", f"HTTP {r.status_code} from {urlsplit(url).netloc}",
                               roots, "run again later")
             total = int(r.headers["content-length"]) if r.headers.get("content-length", "").isdigit() else None

@@ -1,7 +1,7 @@
 """A stand-in for Google Drive's file download on 127.0.0.1 (tests have no internet).
 
 `GET /{id}` answers what `files[id]` says: bytes (the file, as application/octet-stream with Content-Length), or
-a fault: ("quota", _) Drive's quota HTML page; ("virus", data) Drive's "can't scan this file for viruses" page
+a fault: ("quota", _) Drive's quota HTML page (("quota429", _): the same with HTTP 429); ("virus", data) Drive's "can't scan this file for viruses" page
 whose download form (action /download, hidden id/export/confirm/uuid inputs, as drive.usercontent.google.com
 sends it) leads to `data`; ("truncated", data) announces len(data) bytes, sends half and hangs up;
 ("slow", data) sends `data` in 8 pieces, 0.15 s apart. Use with MRAD_DRIVE_URL=f"{server.url}/{{id}}".
@@ -81,8 +81,8 @@ class StandInDrive:
             h.wfile.write(body)
             return
         kind, data = entry if isinstance(entry, tuple) else ("file", entry)
-        if kind == "quota":
-            self._send(h, 200, QUOTA_PAGE, "text/html; charset=utf-8")
+        if kind in ("quota", "quota429"):
+            self._send(h, 429 if kind == "quota429" else 200, QUOTA_PAGE, "text/html; charset=utf-8")
             h.wfile.write(QUOTA_PAGE)
         elif kind == "virus":
             page = VIRUS_PAGE.format(id=file_id).encode()

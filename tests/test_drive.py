@@ -105,6 +105,7 @@ def _bad_drive(official, entry):
 
 @pytest.mark.parametrize("case, entry, words", [
     ("quota", lambda d: ("quota", b""), ["quota page", "instead of test_on_mvtec.pth"]),
+    ("quota429", lambda d: ("quota429", b""), ["HTTP 429: its quota page", "test_on_mvtec.pth"]),
     ("truncated", lambda d: ("truncated", d), ["test_on_mvtec.pth", "was interrupted", "nothing was kept"]),
     ("wrong", lambda d: d[:-1] + bytes([d[-1] ^ 1]), ["test_on_mvtec.pth", "but", "is expected", "nothing was kept"]),
     ("missing", lambda d: None, ["HTTP 404", "test_on_mvtec.pth"]),
