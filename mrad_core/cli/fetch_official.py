@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import drive
 from ..errors import MRADError
-from ..hub import file_sha256, project_dirs
+from ..hub import file_sha256, project_dirs, unreachable
 from ..registry import REGISTRY, SOURCES
 
 COMMAND = "fetch-official"
@@ -103,6 +103,8 @@ def run(args):
         except drive.DriveError as e:
             failures.append(str(e))
             print(f"  FAILED   {off.name}")
+            if unreachable(e):  # no network: the other files would fail the same way
+                break
             continue
         _place(cached, dest)
         print(f"  fetched  {dest} ({dest.stat().st_size:,} bytes, sha256 {file_sha256(dest)})")
