@@ -4,7 +4,7 @@
         dl.advance(len(chunk))              # also drives a tqdm bar on the console
     progress.current_downloads()            # [{"label", "file", "source", "done_bytes", "total_bytes"}, ...]
     progress.describe()                     # one line per download, for a status text
-    progress.add_listener(fn)               # fn(snapshot list) after each start / update / end (keep it cheap)
+    progress.add_listener(fn)               # fn(snapshot list) on start, end, and every 0.1 s of progress
 
 `done` may also be a callable returning the bytes so far (e.g. the size of a partial file another library writes,
 as for the CLIP backbone through huggingface_hub): it is evaluated when a snapshot is taken.
@@ -20,12 +20,13 @@ _LOCK = threading.Lock()
 _ACTIVE: dict = {}  # id -> Download
 _LISTENERS: list = []
 _IDS = itertools.count()
+NOTIFY_EVERY = 0.1  # seconds
 
 
 class Download:
     def __init__(self, label, file, source, total_bytes=None, done=None, bar=True):
         self.label, self.file, self.source, self.total_bytes = label, file, source, total_bytes
-        self._done, self._probe, self.started = 0, done, time.time()
+        self._done, self._probe, self.started, self._told = 0, done, time.time(), 0.0
         self._bar = None
         if bar:
             from tqdm.auto import tqdm
@@ -41,11 +42,16 @@ class Download:
         return self._done
 
     def advance(self, n: int):
+        now = time.monotonic()
         with _LOCK:
             self._done += n
+            due = now - self._told >= NOTIFY_EVERY or self._done == self.total_bytes
+            if due:
+                self._told = now
         if self._bar is not None:
             self._bar.update(n)
-        _notify()
+        if due:  # listeners hear at most every NOTIFY_EVERY seconds, and at the last byte
+            _notify()
 
     def snapshot(self) -> dict:
         return {"label": self.label, "file": self.file, "source": self.source, "done_bytes": self.done_bytes,
