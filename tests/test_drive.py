@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -281,3 +282,28 @@ def test_backbone_download_is_announced(tmp_path, monkeypatch):
     assert d["source"].endswith(registry.BACKBONE.repo) and (d["done_bytes"], d["total_bytes"]) == (1200, 3000)
     assert "downloading the CLIP backbone: open_clip_pytorch_model.bin from " in progress.describe(seen)
     assert "(40%)" in progress.describe(seen)
+
+
+def test_registry_table_matches_the_shared_record_of_the_authors_files():
+    """The ids and digests in registry.OFFICIAL are those of ../shared/OFFICIAL_FILES.md (no typo in 6 x 2 strings)."""
+    from conftest import SHARED
+    record = SHARED / "OFFICIAL_FILES.md"
+    if not record.is_file():
+        pytest.skip(f"{record} not found")
+    rows = re.findall(r"^\| (\S+\.pth?) \| [^|]+ \| ([\w-]{20,}) \| ([0-9a-f]{64}) \|$", record.read_text(), re.M)
+    table = {name: (drive_id, sha) for name, drive_id, sha in rows}
+    assert len(table) == 6
+    assert {off.name: (off.drive_id, off.sha256) for off in registry.OFFICIAL.values()} == table
+
+
+def test_confirm_url_follows_drives_forms():
+    page = ('<html><body>Google Drive can&#39;t scan this file for viruses.<form id="download-form" '
+            'action="https://drive.usercontent.google.com/download" method="get"><input type="submit" value="x">'
+            '<input type="hidden" name="id" value="ABC"><input type="hidden" name="export" value="download">'
+            '<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="u-1"></form>')
+    url = drive.confirm_url(page, "https://drive.usercontent.google.com/download?id=ABC&export=download")
+    assert url == "https://drive.usercontent.google.com/download?id=ABC&export=download&confirm=t&uuid=u-1"
+    legacy = '<a id="uc-download-link" href="/uc?export=download&amp;confirm=Xy_1&amp;id=ABC">Download anyway</a>'
+    assert drive.confirm_url(legacy, "https://drive.google.com/uc?export=download&id=ABC") == \
+        "https://drive.google.com/uc?export=download&confirm=Xy_1&id=ABC"
+    assert drive.confirm_url("<html>Too many users have viewed or downloaded this file</html>", "http://x") is None
