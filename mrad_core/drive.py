@@ -218,9 +218,13 @@ def fetch_original(art: Artefact, roots=None) -> Path:
     dest = cache_dir() / art.official.name
     with _lock(dest):
         if not dest.is_file():
-            _download(art, dest, roots)
+            try:
+                _download(art, dest, roots)
+            except OSError as e:  # the cache cannot be written (read-only, full, not a directory)
+                raise failure(art, f"{art.official.name} cannot be saved in {dest.parent} ({type(e).__name__}: {e}); "
+                                   f"nothing was kept", "the cache cannot be written", roots,
+                              "free space there or set MRAD_CACHE_DIR to a writable directory") from e
     return dest
-
 
 def ensure(art: Artefact, roots=None) -> Path:
     """Our converted safetensors file for `art`, downloading and converting the authors' file once."""
@@ -236,6 +240,10 @@ def ensure(art: Artefact, roots=None) -> Path:
             convert(original, out.parent, art.kind, art.source, force=True)
         except (MRADError, OSError, RuntimeError) as e:
             original.unlink(missing_ok=True)
+            if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+                raise failure(art, f"{out.name} cannot be written in {out.parent} ({type(e).__name__}: {e})",
+                              "the cache cannot be written", roots,
+                              "free space there or set MRAD_CACHE_DIR to a writable directory") from e
             raise failure(art, f"{original.name} from Google Drive has an accepted digest but could not be "
                                f"converted ({e}); it was removed from {original.parent}", "conversion failed",
                           roots) from e

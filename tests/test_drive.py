@@ -307,3 +307,12 @@ def test_confirm_url_follows_drives_forms():
     assert drive.confirm_url(legacy, "https://drive.google.com/uc?export=download&id=ABC") == \
         "https://drive.google.com/uc?export=download&confirm=Xy_1&id=ABC"
     assert drive.confirm_url("<html>Too many users have viewed or downloaded this file</html>", "http://x") is None
+
+
+def test_unwritable_cache_is_one_message(env, monkeypatch):
+    blocker = env / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    monkeypatch.setenv("MRAD_CACHE_DIR", str(blocker))
+    with pytest.raises(drive.DriveError, match="cannot be saved in") as e:
+        hub.resolve(ART)
+    assert "set MRAD_CACHE_DIR to a writable directory" in str(e.value) and "test_on_mvtec.pth" in str(e.value)
