@@ -382,9 +382,14 @@ def backbone_weights(model_name: str, pretrained: str = "openai", allow_download
 
     from . import progress
     try:
-        size = _probe(repo, names[0], "main")
-        with progress.track("the CLIP backbone" + ("" if size else f" ({BACKBONE_SIZE})"), filename or names[-1],
-                            f"{constants.ENDPOINT}/{repo}", size, done=partial_bytes(repo), bar=False):
+        sizes = {}
+        for name in names:  # the file open_clip will take (the first that exists) and its size
+            sizes[name] = _probe(repo, name, "main")
+            if sizes[name]:
+                break
+        name = next((n for n, size in sizes.items() if size), names[-1])
+        with progress.track("the CLIP backbone" + ("" if sizes.get(name) else f" ({BACKBONE_SIZE})"), name,
+                            f"{constants.ENDPOINT}/{repo}", sizes.get(name), done=partial_bytes(repo), bar=False):
             path = download_pretrained(cfg)
     except Exception as e:  # open_clip wraps huggingface_hub's errors; the cause is kept in the chain
         raise not_found(art, reason(e, repo, "main", names[0])) from e

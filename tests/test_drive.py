@@ -264,7 +264,7 @@ def test_backbone_download_is_announced(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(hub, "find_in_cache", lambda *a, **k: None)
-    monkeypatch.setattr(hub, "_probe", lambda *a: 3000)
+    monkeypatch.setattr(hub, "_probe", lambda repo, name, rev: 3000 if name == registry.BACKBONE.filename else None)
     blobs = tmp_path / f"models--{registry.BACKBONE.repo.replace('/', '--')}" / "blobs"
     seen = []
 
