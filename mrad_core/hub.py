@@ -342,7 +342,8 @@ def resolve(art: Artefact, roots=None, allow_download: bool = True, no_download_
             return Resolved(art, path, "hub", verify(path, art.label, art.sha256, art.size, _fix(art, path)))
     if not use_drive:
         why = "HF_HUB_OFFLINE=1 is set (no download from a Hub mirror or Google Drive)" if _offline() else \
-            "no Hub mirror is configured (MRAD_HUB_REPO) and Google Drive downloads are off (MRAD_DRIVE_URL=off)"
+            "no Hub mirror is configured (MRAD_HUB_REPO)" + (" and Google Drive downloads are off (MRAD_DRIVE_URL=off)"
+                                                             if art.official else "")
         raise not_found(art, why, roots)
     try:
         path = drive.ensure(art, roots)
