@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ class Result:
     image_prob: np.ndarray  # (B,)   image-level retrieval probability of "anomalous"
     patch_map: np.ndarray  # (B, g, g) raw patch anomaly probabilities on the 37x37 grid
     map: np.ndarray  # (B, S, S)     smoothed anomaly map at 518x518, float32
+    map_top: np.ndarray  # (B,)      mean of the top 1 % of the smoothed map (the score's map part)
     extras: dict = field(default_factory=dict)  # seg_probs (B, N, 2); CLIP: prior, text_features (B, 2, E)
 
     def __len__(self):
@@ -56,13 +59,54 @@ def fast_precision(device: torch.device) -> str:
     return "bf16-mlp" if supported is not None and supported() else "fp32"
 
 
+def gpu_present() -> bool:
+    """The machine has an NVIDIA GPU and driver (whether or not this torch build can use it)."""
+    return Path("/proc/driver/nvidia/version").is_file() or bool(os.environ.get("NVIDIA_VISIBLE_DEVICES", "")
+                                                                     .strip() not in ("", "void", "none"))
+
+
+def torch_report() -> str:
+    """torch, its CUDA build and the driver: one line for the start-up log."""
+    driver = ""
+    try:
+        driver = Path("/proc/driver/nvidia/version").read_text().split("Kernel Module")[1].split()[0]
+    except (OSError, IndexError):
+        pass
+    cuda = torch.version.cuda or "none (CPU build)"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none usable"
+    return f"torch {torch.__version__}, CUDA build {cuda}, NVIDIA driver {driver or 'not found'}, GPU {gpu}"
+
+
 def resolve_device(device=None) -> torch.device:
+    """None/"auto" -> CUDA when usable, else CPU; but never a silent CPU fallback on a machine that has a GPU
+    (e.g. a torch built for a newer CUDA than the driver supports): that is an error naming the versions."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if gpu_present():
+            raise MRADError(f"this machine has an NVIDIA GPU but torch cannot use it ({torch_report()}); install a "
+                            "torch build for the driver's CUDA version (e.g. the CUDA 12 wheels from "
+                            "download.pytorch.org/whl/cu126), or choose the CPU explicitly with --device cpu / "
+                            "MRAD_DEVICE=cpu")
+        return torch.device("cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise MRADError("--device cuda was asked for, but no CUDA device is available (use --device cpu)")
+        raise MRADError(f"--device {device} was asked for, but torch cannot use a CUDA device ({torch_report()}); "
+                        "use --device cpu")
     return device
+
+
+def check_precision(precision: str, device: torch.device):
+    """bf16 needs native support: GPUs before Ampere (T4: compute capability 7.5) only emulate it, slowly."""
+    if device.type == "cuda" and precision in ("bf16", "bf16-mlp") and torch.cuda.get_device_capability(device) < (8, 0):
+        raise MRADError(f"precision {precision} needs a GPU with native bf16 (compute capability 8.0+, e.g. A10G, "
+                        f"L4, A100); {torch.cuda.get_device_name(device)} has none: use fp16 or auto")
+
+
+def synchronize(device: torch.device):
+    """Wait for queued GPU work, so that a clock read after it measures it (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class Detector:
@@ -74,6 +118,11 @@ class Detector:
             raise MRADError(f"precision must be one of {', '.join(PRECISIONS)} or auto, not {precision!r}")
         self.device = resolve_device(device)
         self.precision = fast_precision(self.device) if precision == "auto" else precision
+        check_precision(self.precision, self.device)
+        if self.device.type == "cuda" and self.precision == "fp32":
+            # reproducible fp32: TF32 matmuls/convolutions round inputs to 10 mantissa bits and miss the parity bars
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         self.batch_size = batch_size
         self.config: MRADConfig = backbone.config
         self.backbone = backbone.to(self.device)
@@ -181,10 +230,11 @@ class Detector:
         full = maps.upsample(patch_map.float(), cfg.image_size).cpu().numpy()
         smoothed = maps.smooth(full, cfg.smoothing_sigma)
         image_prob = img[:, 1].float().cpu().numpy()
-        score = maps.image_score(smoothed, image_prob, cfg.top_fraction, cfg.image_weight)
+        top = maps.top_mean(smoothed, cfg.top_fraction)
+        score = maps.image_score(top, image_prob, cfg.image_weight)
         g = self.backbone.grid
         return Result(variant, score, image_prob, patch_map.float().cpu().numpy().reshape(-1, g, g), smoothed,
-                      {k: v.float().cpu().numpy() for k, v in extras.items()})
+                      top.astype(np.float32), {k: v.float().cpu().numpy() for k, v in extras.items()})
 
     def predict(self, images, variants=VARIANTS) -> dict:
         """Encode once, score with every requested variant: {variant: Result}."""

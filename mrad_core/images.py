@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .config import OPENAI_MEAN, OPENAI_STD
 from .errors import MRADError
 
-MAX_PIXELS = int(os.environ.get("MRAD_MAX_PIXELS", 64_000_000))  # 8000 x 8000
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; the app takes MRAD_MAX_PIXELS (settings.py)
 MIN_SIDE = 14  # one ViT patch
 
 
@@ -64,7 +64,7 @@ def _from_array(arr):
     return Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
 
 
-def load_image(source, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode and validate an image and return it as RGB with notes on what was adjusted."""
     try:
         with warnings.catch_warnings():  # our own, clearer limit below replaces PIL's bomb warning

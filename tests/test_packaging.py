@@ -125,3 +125,32 @@ def test_registry_knows_the_backbone_file_open_clip_falls_back_to():
     assert cfg["hf_hub"].rstrip("/") == registry.BACKBONE.repo
     mirror = registry.hub_files("you/mrad")
     assert ("you/mrad", "mrad_heads_visa.safetensors") in mirror and len(mirror) == 7
+
+
+def test_test_tools_stay_out_of_the_space_and_the_image():
+    runtime = pins()
+    for tool in ("pytest", "pytest-timeout", "playwright", "dockerfile-parse"):
+        assert tool not in runtime, f"{tool} belongs in requirements-dev.txt"
+    dev = (ROOT / "requirements-dev.txt").read_text()
+    assert "-r requirements.txt" in dev and "pytest==" in dev and "playwright==" in dev
+    assert "requirements-dev.txt" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_dockerfile_can_take_cuda_12_wheels(docker):
+    parser, steps = docker
+    assert "TORCH_INDEX" in parser.args and parser.args["TORCH_INDEX"] == ""
+    value = steps[index(steps, "RUN", r"pip install .*-r requirements\.txt")][1]
+    cuda_branch = value[value.index("cuda)"):value.index("*)")]
+    assert '--index-url "$TORCH_INDEX"' in cuda_branch
+
+
+def test_zerogpu_front_matter_in_the_readme_follows_the_zerogpu_rules():
+    """The README's ZeroGPU variant of the front matter: a Python ZeroGPU supports and ZeroGPU hardware."""
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"```yaml\n# ZeroGPU front matter\n(.*?)```", text, re.S)
+    assert m, "README.md must give the ZeroGPU front matter in a ```yaml block starting '# ZeroGPU front matter'"
+    fm = yaml.safe_load(m[1])
+    assert str(fm["python_version"]) in ("3.10", "3.12") and fm["suggested_hardware"] == "zero-a10g"
+    assert fm["sdk"] == "gradio" and fm["app_file"] == "app.py"
+    torch_pin = re.search(r"torch==(2\.(\d+)\.\d+)", text[m.end():m.end() + 1500])
+    assert torch_pin and 8 <= int(torch_pin[2]) <= 11, "pin a torch version ZeroGPU lists (2.8-2.11) next to it"

@@ -20,7 +20,7 @@ def add_model_args(parser, precision_default="fp32"):
     for name, (env, text) in FILE_OPTIONS.items():
         g.add_argument("--" + name.replace("_", "-"), metavar="PATH", default=None,
                        help=f"{text} [${env}]")
-    g.add_argument("--model", default=DEFAULT.model_name, metavar="NAME",
+    g.add_argument("--model", default=os.environ.get("MRAD_MODEL") or DEFAULT.model_name, metavar="NAME",
                    help="open_clip model name or config .json [$MRAD_MODEL] (default: %(default)s)")
     h = parser.add_argument_group("weights and banks not given above: checkpoints/ and cache/ in the project, "
                                   "the Hugging Face cache, $MRAD_CACHE_DIR, then a Hub mirror (only when one is "
