@@ -11,7 +11,8 @@ FROM python:3.11-slim
 ARG DEVICE=cpu
 # CUDA builds: a wheel index for torch/torchvision (empty = PyPI's CUDA 13 build, which needs NVIDIA driver >= 580)
 ARG TORCH_INDEX=
-# PRELOAD=1 downloads the backbone, heads and banks into the image at build time (Hub access needed then)
+# PRELOAD=1 downloads the backbone (Hub) and the VisA heads and banks (the authors' Google Drive, or MRAD_HUB_REPO)
+# into the image at build time (network access needed then)
 ARG PRELOAD=0
 
 ENV PYTHONUNBUFFERED=1 \

@@ -1,10 +1,8 @@
-"""`mrad convert` (official .pth/.pt -> safetensors: the same tensors, the same results within float tolerance) and `mrad fetch-official` (gdown with its
-network calls replaced by local copies)."""
+"""`mrad convert` (official .pth/.pt -> safetensors: the same tensors, the same results within float tolerance);
+`mrad fetch-official` is in test_drive.py."""
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrad_core import Detector, Heads, MemoryBank, registry
+from mrad_core import Detector, Heads, MemoryBank
 from mrad_core.cli import main
 from mrad_core.loading import load_detector
 
@@ -131,64 +129,3 @@ def test_convert_parity_fixture_gives_the_same_results(parity_dir, parity_backbo
     expected = np.load(parity_dir / "expected.npz")
     b = converted.score(encoding, "ft")
     assert np.allclose(np.asarray(b.map), expected["query_bad.ft.map"].reshape(b.map.shape), atol=1e-4)
-
-
-# ---------------------------------------------------------------- fetch-official
-@pytest.fixture
-def fake_drive(official_tiny, monkeypatch):
-    """gdown with its Drive folder listing and file download replaced by local copies (real folder logic)."""
-    module = importlib.import_module("gdown.download_folder")
-    folders = {  # folder id -> (name, [(id, name, mime type)])
-        "1XLl297B_jnu9Qv5KPZEw8MeAY9JJnaZg": ("banks", [("f1", "cache_model_visa.pt", "application/octet-stream"),
-                                                        ("sub", "patch", module._GoogleDriveFile.TYPE_FOLDER)]),
-        "sub": ("patch", [("f2", "cache_patch_model_visa.pt", "application/octet-stream")]),
-        "11lugxXdal5_3RUhr9UcC2JItp95C4aIv": ("ckpt", [("f3", "test_on_mvtec.pth", "application/octet-stream"),
-                                                       ("f4", "notes.pth", "application/octet-stream")]),
-    }
-    blobs = {"f1": "cache_model_visa.pt", "f2": "cache_patch_model_visa.pt", "f3": "test_on_mvtec.pth",
-             "f4": "test_on_mvtec.pth"}
-    calls = []
-
-    def listing(*, sess, folder_id, verify, timeout):
-        return folders[folder_id]
-
-    real = inspect.signature(module.download)
-
-    def download(**kw):
-        real.bind(**kw)  # called as gdown would call the real one
-        calls.append(kw)
-        shutil.copy(official_tiny / blobs[kw["url"].split("id=")[1]], kw["output"])
-        return kw["output"]
-    monkeypatch.setattr(module, "_parse_embedded_folder_view", listing)
-    monkeypatch.setattr(module, "download", download)
-    return calls
-
-
-def test_fetch_official_places_and_reports(fake_drive, official_tiny, tmp_path, capsys):
-    code = main(["fetch-official", "--root", str(tmp_path), "--quiet"])
-    out = capsys.readouterr().out
-    got = (tmp_path / "cache" / "cache_model_visa.pt").read_bytes()
-    assert got == (official_tiny / "cache_model_visa.pt").read_bytes()
-    assert (tmp_path / "cache" / "cache_patch_model_visa.pt").is_file()  # moved up from the Drive sub-folder
-    assert (tmp_path / "checkpoints" / "test_on_mvtec.pth").is_file() and len(fake_drive) == 4
-    assert "moved up from patch/cache_patch_model_visa.pt" in out
-    for name in ("cache_model_mvtec.pt", "cache_patch_model_mvtec.pt", "test_on_visa.pth"):
-        assert f"MISSING  {Path('cache' if 'cache' in name else 'checkpoints') / name}" in out
-    assert "also     checkpoints/notes.pth" in out
-    assert code == 1  # expected files missing
-    from mrad_core import hub
-    found = hub.resolve(registry.REGISTRY["heads", "visa"], roots=[tmp_path], allow_download=False)
-    assert found.path == str(tmp_path / "checkpoints" / "test_on_mvtec.pth")
-
-
-def test_fetch_official_download_failure_is_one_message(monkeypatch, tmp_path, capsys):
-    import gdown
-    module = importlib.import_module("gdown.download_folder")
-
-    def listing(**kw):
-        raise gdown.exceptions.DownloadError("Failed to retrieve folder contents (status code 429)")
-    monkeypatch.setattr(module, "_parse_embedded_folder_view", listing)
-    assert main(["fetch-official", "--root", str(tmp_path), "--only", "heads", "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "status code 429" in err and registry.OFFICIAL_FOLDERS["heads"][0] in err
-    assert str(tmp_path / "checkpoints") in err

@@ -73,8 +73,9 @@ def model_card(files: list, digests: dict, repo_id: str) -> str:
 # MRAD heads and memory banks
 
 Files for MRAD, "Zero-Shot Anomaly Detection with Memory-Driven Retrieval" (ICLR 2026), in the safetensors
-layout of `mrad_core` (no pickles). The app and `mrad predict` download them lazily from `{repo_id}` with
-`hf_hub_download` and check each file's sha256 against the list below.
+layout of `mrad_core` (no pickles). With `MRAD_HUB_REPO={repo_id}` (and `MRAD_HUB_REVISION` pinned to a commit of
+this repo) the app and `mrad predict` download them lazily with `hf_hub_download` and check each file against the
+sha256 the Hub recorded, which are the digests listed below.
 
 | file | what | bytes | sha256 |
 |---|---|---|---|
