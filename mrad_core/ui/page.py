@@ -17,6 +17,8 @@ from . import text
 from .bank_tab import BankTab
 from .batch_tab import BatchTab
 from .detect import DetectTab
+from .evaluate_tab import EvaluateTab
+from .teach import TeachPanel
 
 
 class Page:
@@ -37,8 +39,11 @@ class Page:
             lambda *a, **k: batch.score_chunk(service, *a, **k))
         self.gpu_build_bank = gpu(lambda normal, defects=(), *a, **k: base + per_image * (len(normal) + len(defects)))(
             service.build_bank)
-        self.detect, self.batch, self.bank = DetectTab(self), BatchTab(self), BankTab(self)
-        self.tabs = [("Detect", self.detect), ("Batch", self.batch), ("Memory bank", self.bank)]
+        self.detect, self.teach = DetectTab(self), TeachPanel(self)
+        self.batch, self.bank, self.evaluate = BatchTab(self), BankTab(self), EvaluateTab(self)
+        # (tab label, its parts in order): the teaching panel sits under the Detect results
+        self.tabs = [("Detect", [self.detect, self.teach]), ("Batch", [self.batch]), ("Memory bank", [self.bank]),
+                     ("Evaluate", [self.evaluate])]
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="MRAD: zero-shot anomaly detection", delete_cache=(3600, 7200)) as demo:
@@ -56,9 +61,10 @@ class Page:
             self.levels = gr.State({})  # calibration key -> {variant: viz.Calibration} computed in GPU calls
             self.bank_id = gr.State(None)  # the custom bank of this session (its files live on the server)
             with gr.Tabs():
-                for label, tab in self.tabs:
+                for label, parts in self.tabs:
                     with gr.Tab(label, id=label.split()[0].lower()):
-                        tab.build()
+                        for part in parts:
+                            part.build()
             with gr.Accordion("What the numbers mean", open=False):
                 gr.Markdown(text.HELP)
             gr.Markdown(text.FOOTER.format(paper=self.settings.paper_url))
@@ -68,8 +74,9 @@ class Page:
         return demo
 
     def wire(self, demo):
-        for _, tab in self.tabs:
-            tab.wire()
+        for _, parts in self.tabs:
+            for part in parts:
+                part.wire()
         gr.on([self.source.change, self.bank_id.change, demo.load], self.describe, [self.source, self.bank_id],
               [self.source_info, self.source_panel, self.variants, self.notice], api_visibility="private",
               show_progress="hidden")
