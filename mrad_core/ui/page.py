@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .. import batch, records
+from .. import batch, progress, records
 from ..config import VARIANTS
 from ..service import Service
 from ..zerogpu import gpu_call
@@ -80,7 +80,7 @@ class Page:
         gr.on([self.source.change, self.bank_id.change, demo.load], self.describe, [self.source, self.bank_id],
               [self.source_info, self.source_panel, self.variants, self.notice], api_visibility="private",
               show_progress="hidden")
-        gr.Timer(2).tick(self.service.status, None, self.status, api_name="poll_status", api_visibility="private",
+        gr.Timer(1).tick(self.status_text, None, self.status, api_name="poll_status", api_visibility="private",
                          show_progress="hidden", queue=False)
         gr.api(self.status_text, api_name="status", queue=False, concurrency_limit=None)
 
@@ -104,8 +104,10 @@ class Page:
                 self.notice: text.startup_notice(self.service)}
 
     def status_text(self) -> str:
-        """What the server is loading or doing, its device and precision."""
-        return self.service.status()
+        """What the server is loading or doing, its device and precision, and each download under way (file, size,
+        progress, where from)."""
+        downloads = progress.describe()
+        return self.service.status() + "".join(f"  \n⬇️ {line}" for line in downloads.splitlines())
 
     def api_defaults(self) -> dict:
         """Endpoint name -> defaults of its inputs after the first (for raw HTTP calls that send only the first)."""
