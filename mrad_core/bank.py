@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .errors import MRADError
+from .errors import MRADError, first_line
 
 BANK_FORMAT = "mrad-bank/1"
-KINDS = {"image": "image feature", "patch": "patch token"}
+BANK_KINDS = {"image": "image feature", "patch": "patch token"}
 
 
 class BankError(MRADError):
@@ -63,7 +63,7 @@ class MemoryBank:
         """Raise BankError unless keys are (N, D) (D == dim when given) and values (N, 2) one-hot."""
         where = where or f"{self.kind} bank"
         k, v = self.keys, self.values
-        if self.kind not in KINDS:
+        if self.kind not in BANK_KINDS:
             raise BankError(f"{where}: kind must be 'image' or 'patch', not {self.kind!r}")
         if k.ndim != 2 or k.shape[0] == 0:
             raise BankError(f"{where}: keys must be a non-empty (N, D) matrix, got shape {tuple(k.shape)}")
@@ -79,8 +79,8 @@ class MemoryBank:
             raise BankError(f"{where}: thumbnails must be ({k.shape[0]}, h, w, 3) uint8, got "
                             f"{tuple(self.thumbnails.shape)} {self.thumbnails.dtype}")
         if dim is not None and k.shape[1] != dim:
-            raise BankError(f"{where}: keys have dimension {k.shape[1]} but this model's {KINDS[self.kind]}s "
-                            f"have {dim} (an image bank holds {KINDS['image']}s, a patch bank {KINDS['patch']}s; "
+            raise BankError(f"{where}: keys have dimension {k.shape[1]} but this model's {BANK_KINDS[self.kind]}s "
+                            f"have {dim} (an image bank holds {BANK_KINDS['image']}s, a patch bank {BANK_KINDS['patch']}s; "
                             f"are the image and patch banks swapped?)")
         return self
 
@@ -115,7 +115,7 @@ class MemoryBank:
         except BankError:
             raise
         except Exception as e:
-            raise BankError(f"{where}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+            raise BankError(f"{where}: cannot be read ({first_line(e)})") from e
         meta.pop("kind", None)
         try:
             return cls(tensors["keys"].float(), tensors["values"].float(), kind, meta, tensors.get("owner"),

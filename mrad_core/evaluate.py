@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from .datasets import RecordDataset
 from .distributed import Shard, rounds, run_rounds
+from .files import atomic, write_text
 from .images import load_image
 from .metrics import METRICS, TITLES, class_metrics, mean_metrics
 
@@ -148,19 +148,13 @@ def _nan_to_none(x):
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(report: dict, out_dir, info: dict) -> list[Path]:
     """OUT/metrics.json (info + metrics, NaN as null), OUT/metrics.csv (one row per variant and class, and the
     mean), OUT/scores.csv (per image) and OUT/table.md (the printed tables)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = report["metrics"]
-    _atomic_write(out / "metrics.json", json.dumps(_nan_to_none({**info, "metrics": metrics}), indent=1) + "\n")
+    write_text(out / "metrics.json", json.dumps(_nan_to_none({**info, "metrics": metrics}), indent=1) + "\n")
     rows = [["variant", "class", "n_images", "n_anomalous", *METRICS]]
     for v, vm in metrics.items():
         for cls, m in vm["classes"].items():
@@ -172,12 +166,10 @@ def write_report(report: dict, out_dir, info: dict) -> list[Path]:
               for im in report["images"]]
     paths = []
     for name, table in (("metrics.csv", rows), ("scores.csv", srows)):
-        tmp = out / f".{name}.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic(out / name) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(table)
-        os.replace(tmp, out / name)
         paths.append(out / name)
     tables = "\n\n".join(format_table(vm, f"MRAD-{v.upper()} on {info.get('dataset', '?')}")
                          for v, vm in metrics.items())
-    _atomic_write(out / "table.md", tables + "\n")
+    write_text(out / "table.md", tables + "\n")
     return [out / "metrics.json", *paths, out / "table.md"]

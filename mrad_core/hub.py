@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MRADError
+from .errors import MRADError, first_line
 from .registry import BACKBONE, BACKBONE_SIZE, Artefact
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -173,7 +173,7 @@ def reason(exc: BaseException, repo: str, revision: str, filename: str) -> str:
     if transport is not None or first(E.LocalEntryNotFoundError):
         return (f"the Hub at {constants.ENDPOINT} could not be reached ({transport or 'no connection'}); check "
                 f"the network, or set HF_HUB_OFFLINE=1 and provide the file locally")
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return first_line(exc)
 
 
 def not_found(art: Artefact, why: str, roots=None) -> HubError:

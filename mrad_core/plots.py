@@ -7,13 +7,14 @@ per variant, images (H, W, 3) uint8, masks (H, W) bool.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+from .files import atomic
 
 NAMES = {"tf": "MRAD-TF", "ft": "MRAD-FT", "clip": "MRAD-CLIP"}
 COLOURS = {"tf": "tab:blue", "ft": "tab:orange", "clip": "tab:green"}
@@ -170,8 +171,7 @@ def save_png(fig: Figure, path, dpi: int = 100) -> Path:
     """Render `fig` with the Agg canvas to a PNG at `path` (written to a temporary name, then moved)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     FigureCanvasAgg(fig)
-    fig.savefig(tmp, format="png", dpi=dpi)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
     return path

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +26,8 @@ import numpy as np
 import torch
 
 from .config import VARIANTS
-from .errors import MRADError
+from .errors import MRADError, first_line
+from .files import write_text
 from .records import is_anomalous
 
 PROFILE_FORMAT = "mrad-profile/1"
@@ -81,10 +81,7 @@ class Profile:
 
     def save(self, path) -> Path:
         """Write the JSON atomically (a temporary file, then renamed)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
+        path = write_text(path, json.dumps(self.to_json(), indent=1))
         return path
 
     @classmethod
@@ -95,7 +92,7 @@ class Profile:
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ProfileError(f"profile {path}: not a JSON file ({str(e).splitlines()[0][:120]})") from None
+            raise ProfileError(f"profile {path}: not a JSON file ({first_line(e, 120)})") from None
         try:
             return cls.from_json(data)
         except ProfileError as e:

@@ -23,8 +23,8 @@ from .errors import MRADError
 DEFAULT_REPO = "mrad-project/mrad"
 DEFAULT_REVISION = "main"
 DEFAULT_REPO_PUBLISHED = False  # True once `mrad publish --repo mrad-project/mrad` has been done: then it is used
-SOURCES = ("visa", "mvtec")
-KINDS = ("heads", "image_bank", "patch_bank")
+TRAINING_SOURCES = ("visa", "mvtec")
+ARTEFACT_KINDS = ("heads", "image_bank", "patch_bank")
 LOCAL_DIRS = {"heads": "checkpoints", "image_bank": "cache", "patch_bank": "cache"}
 
 LICENCES = {
@@ -110,7 +110,7 @@ class Artefact:
     @property
     def official(self) -> "OfficialFile | None":
         """The authors' file behind this artefact (Drive id, expected sha256), if there is one."""
-        return OFFICIAL.get((self.kind, self.source)) if self.kind in KINDS else None
+        return OFFICIAL.get((self.kind, self.source)) if self.kind in ARTEFACT_KINDS else None
 
     @property
     def rev(self) -> str:
@@ -139,7 +139,7 @@ def _entry(kind, source):
                     LOCAL_DIRS[kind], licence=LICENCES[source])
 
 
-REGISTRY = {(kind, source): _entry(kind, source) for source in SOURCES for kind in KINDS}
+REGISTRY = {(kind, source): _entry(kind, source) for source in TRAINING_SOURCES for kind in ARTEFACT_KINDS}
 
 # open_clip fetches this itself (ViT-L-14-336-quickgelu, pretrained "openai"): open_clip 3.3 tries
 # open_clip_model.safetensors first, then open_clip_pytorch_model.bin, the file known to exist in the repo (timm
@@ -150,10 +150,10 @@ BACKBONE_SIZE = "≈1.7 GB"
 
 
 def check_source(source: str | None) -> str:
-    """None -> MRAD_SOURCE or "visa"; anything else must be one of SOURCES."""
+    """None -> MRAD_SOURCE or "visa"; anything else must be one of TRAINING_SOURCES."""
     source = (source or os.environ.get("MRAD_SOURCE") or "visa").lower()
-    if source not in SOURCES:
-        raise MRADError(f"unknown training source {source!r}: choose {' or '.join(SOURCES)} "
+    if source not in TRAINING_SOURCES:
+        raise MRADError(f"unknown training source {source!r}: choose {' or '.join(TRAINING_SOURCES)} "
                         f"(the dataset the heads were trained on / the banks were built from)")
     return source
 
@@ -167,7 +167,7 @@ def source_for_dataset(dataset: str | None) -> str:
 def artefacts(source: str | None = None, repo_id: str | None = None, revision: str | None = None) -> dict:
     """{kind: Artefact} for heads, image_bank and patch_bank of one training source."""
     source = check_source(source)
-    return {kind: REGISTRY[kind, source].at(repo_id, revision) for kind in KINDS}
+    return {kind: REGISTRY[kind, source].at(repo_id, revision) for kind in ARTEFACT_KINDS}
 
 
 def hub_files(repo_id: str | None = None) -> list:

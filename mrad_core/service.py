@@ -29,20 +29,19 @@ from .calibration import Calibrator
 from .catalogue import SOURCE_LABELS, Catalogue, build_banks
 from .config import DEFAULT, VARIANTS
 from .detector import PRECISIONS, Detector, fast_precision, resolve_device, synchronize
-from .errors import MRADError
+from .errors import MRADError, first_line
 from .images import load_image, preprocess
 from .lru import LRU
 from .records import Analysis, VariantOutput, name
 from .settings import Settings
 
 log = logging.getLogger("mrad.service")
-KEPT_ENCODINGS = 8  # recent single-image encodings (~22 MB each at full size): a re-run skips the backbone
+KEPT_ENCODINGS = 8  # recent single-image encodings (about 20 MB each at full size): a re-run skips the backbone
 
 
 def error_text(exc: BaseException, what: str) -> str:
     """One line for an unexpected exception: what failed, its type and the first line of its message."""
-    first = str(exc).splitlines()[0][:300] if str(exc) else ""
-    return f"{what} failed ({type(exc).__name__}: {first})"
+    return f"{what} failed ({first_line(exc, 300)})"
 
 
 def _noop(fraction, text):

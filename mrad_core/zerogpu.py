@@ -27,7 +27,7 @@ def user_errors(fn):
     (its traceback in the log)."""
     import gradio as gr
 
-    from .errors import MRADError
+    from .errors import MRADError, first_line
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -36,7 +36,7 @@ def user_errors(fn):
         except gr.Error:
             raise
         except MRADError as e:
-            log.info("user error in %s: %s", fn.__name__, str(e).splitlines()[0][:300])
+            log.info("user error in %s: %s", fn.__name__, first_line(e, 300))
             raise gr.Error(str(e), duration=None, print_exception=False) from None
         except Exception as e:
             log.exception("request failed")

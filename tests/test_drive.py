@@ -201,7 +201,7 @@ def test_fetch_official_per_file_then_verify(env, served, official, capsys):
     out = capsys.readouterr().out
     assert out.count("MISSING") == 6 and registry.OFFICIAL["patch_bank", "mvtec"].link in out
     assert main(["fetch-official", "--source", "visa"]) == 0
-    for kind in registry.KINDS:
+    for kind in registry.ARTEFACT_KINDS:
         name = registry.OFFICIAL_NAMES[kind, "visa"]
         assert (root / registry.LOCAL_DIRS[kind] / name).read_bytes() == files[kind, "visa"]
     assert not (root / "checkpoints" / "test_on_visa.pth").exists()
@@ -235,7 +235,7 @@ def test_predict_from_drive_equals_the_same_files_by_path(official, tiny_files, 
         env = {"MRAD_DRIVE_URL": server.url + "/{id}", "MRAD_CACHE_DIR": str(tmp_path / "mrad"),
                "MRAD_PROJECT_DIR": str(tmp_path / "proj"), "MRAD_ACCEPT_DIGESTS": digests(files)}
         _predict(["--source", "visa", "--out", str(tmp_path / "drive")], env, tmp_path, tiny_files)
-        assert {i for i in ID.values() if server.hits(i)} == {ID[k, "visa"] for k in registry.KINDS}  # lazily
+        assert {i for i in ID.values() if server.hits(i)} == {ID[k, "visa"] for k in registry.ARTEFACT_KINDS}  # lazily
         _predict(["--source", "visa", "--out", str(tmp_path / "again")], env, tmp_path, tiny_files)
         assert len(server.requests) == 3  # the second run loads the converted files
     by_path = ["--heads", str(d / "test_on_mvtec.pth"), "--image-bank", str(d / "cache_model_visa.pt"),
@@ -252,8 +252,8 @@ def test_predict_from_drive_equals_the_same_files_by_path(official, tiny_files, 
                 a, b = np.load(tmp_path / run / f"{stem}.{v}.npy"), np.load(tmp_path / "path" / f"{stem}.{v}.npy")
                 assert np.allclose(a, b, atol=1e-6)
     assert sorted(p.name for p in (tmp_path / "mrad" / "drive").iterdir()) == sorted(
-        [registry.our_name(k, "visa") for k in registry.KINDS] + [registry.OFFICIAL_NAMES[k, "visa"]
-                                                                    for k in registry.KINDS])
+        [registry.our_name(k, "visa") for k in registry.ARTEFACT_KINDS] + [registry.OFFICIAL_NAMES[k, "visa"]
+                                                                    for k in registry.ARTEFACT_KINDS])
     assert not any((tmp_path / "proj").iterdir())  # nothing written into the project
 
 

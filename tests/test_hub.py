@@ -180,7 +180,7 @@ def test_no_network_fails_fast_with_clear_message(tmp_path):
 
 def test_detector_end_to_end_from_stand_in_hub_then_offline(tiny_files, tiny_detector, tmp_path):
     """load_detector with nothing but the backbone: heads and banks come from the Hub, then from the cache."""
-    files = {registry.our_name(k, "visa"): Path(tiny_files[k]).read_bytes() for k in registry.KINDS}
+    files = {registry.our_name(k, "visa"): Path(tiny_files[k]).read_bytes() for k in registry.ARTEFACT_KINDS}
     arg = {"backbone": tiny_files["backbone"], "model": tiny_files["model"], "images": tiny_files["images"],
            "repo": REPO}
     expected = tiny_detector.predict(tiny_files["images"], ("tf", "ft", "clip"))

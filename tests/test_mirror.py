@@ -68,7 +68,7 @@ def test_fetch_convert_publish_then_download_from_the_mirror(official, tiny_file
         pin = re.search(r"MRAD_HUB_REPO=(\S+) MRAD_HUB_REVISION=(\S+)", out)
         printed = dict((name, digest) for digest, name in re.findall(r"^\s+([0-9a-f]{64})\s+(\S+)$", out, re.M))
         assert pin and pin[1] == "you/mrad" and pin[2] == hub.repos["you/mrad"].commit
-        assert set(printed) == {registry.our_name(k, s) for k in registry.KINDS for s in registry.SOURCES}
+        assert set(printed) == {registry.our_name(k, s) for k in registry.ARTEFACT_KINDS for s in registry.TRAINING_SOURCES}
 
         # a mirror with only the VisA files: MVTec falls back to Drive
         hub.add_repo("you/half", {n: d for n, d in hub.repos["you/mrad"].files.items() if "visa" in n})
@@ -82,14 +82,14 @@ def test_fetch_convert_publish_then_download_from_the_mirror(official, tiny_file
         pinned_gets = hub.hits("GET", f"/you/mrad/resolve/{pin[2]}/")
         drive_after = drive.requests[drive_before:]
 
-    for source in registry.SOURCES:
+    for source in registry.TRAINING_SOURCES:
         run = result[f"{source}@None"]
-        for kind in registry.KINDS:
+        for kind in registry.ARTEFACT_KINDS:
             origin, digest, _ = run[kind]
             assert origin == "hub" and digest == printed[registry.our_name(kind, source)], (source, kind, run)
     assert len(pinned_gets) == 6  # at the pinned commit
     half = result["mvtec@you/half"]
-    assert {k: v[0] for k, v in half.items()} == {k: "drive" for k in registry.KINDS}
-    for kind in registry.KINDS:  # converted from the Drive file
+    assert {k: v[0] for k, v in half.items()} == {k: "drive" for k in registry.ARTEFACT_KINDS}
+    for kind in registry.ARTEFACT_KINDS:  # converted from the Drive file
         assert half[kind][2] == hashlib.sha256(files[kind, "mvtec"]).hexdigest()
-    assert sorted(drive_after) == sorted(f"/{ID[k, 'mvtec']}" for k in registry.KINDS)
+    assert sorted(drive_after) == sorted(f"/{ID[k, 'mvtec']}" for k in registry.ARTEFACT_KINDS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from ..config import DEFAULT, VARIANTS
-from ..registry import DEFAULT_REPO, DEFAULT_REPO_PUBLISHED, DEFAULT_REVISION, SOURCES, source_for_dataset
+from ..registry import DEFAULT_REPO, DEFAULT_REPO_PUBLISHED, DEFAULT_REVISION, TRAINING_SOURCES, source_for_dataset
 
 FILE_OPTIONS = {  # option -> (environment variable, help)
     "backbone": ("MRAD_BACKBONE", "CLIP ViT-L/14@336 state dict (.safetensors, or a torch file); default: open_clip's "
@@ -25,7 +25,7 @@ def add_model_args(parser, precision_default="fp32"):
     h = parser.add_argument_group("weights and banks not given above: checkpoints/ and cache/ in the project, "
                                   "the Hugging Face cache, $MRAD_CACHE_DIR, then a Hub mirror (only when one is "
                                   "set), then the authors' Google Drive ($MRAD_DRIVE_URL)")
-    h.add_argument("--source", choices=SOURCES, default=None,
+    h.add_argument("--source", choices=TRAINING_SOURCES, default=None,
                    help="training source of the heads and banks: visa (the paper's choice for MVTec and any other "
                         "dataset) or mvtec (for testing VisA) [$MRAD_SOURCE] (default: paired with --dataset "
                         "where there is one, else visa)")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from .. import drive
 from ..errors import MRADError
+from ..files import atomic
 from ..hub import file_sha256, project_dirs, unreachable
-from ..registry import REGISTRY, SOURCES
+from ..registry import REGISTRY, TRAINING_SOURCES
 
 COMMAND = "fetch-official"
 GROUPS = {"heads": ("heads",), "banks": ("image_bank", "patch_bank")}
@@ -26,7 +27,7 @@ def add_parser(sub, name):
     p.add_argument("--root", default=None, metavar="DIR",
                    help="project directory holding cache/ and checkpoints/ (default: $MRAD_PROJECT_DIR, else here)")
     p.add_argument("--only", choices=tuple(GROUPS), default=None, help="heads or banks only")
-    p.add_argument("--source", choices=SOURCES, default=None, help="one training source only")
+    p.add_argument("--source", choices=TRAINING_SOURCES, default=None, help="one training source only")
     p.add_argument("--verify", action="store_true",
                    help="download nothing: report each local file (project and cache) against the table")
     p.set_defaults(run=run)
@@ -40,15 +41,11 @@ def selected(args) -> list:
 def _place(src: Path, dest: Path):
     """Copy (or hard-link) a verified file into the project, atomically."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
+    with atomic(dest) as tmp:
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def verdict(art, path: Path) -> tuple:

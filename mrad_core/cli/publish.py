@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import MRADError
+from ..errors import MRADError, first_line
 from ..hub import project_dirs
 from ..registry import BACKBONE, LICENCES, REGISTRY, SPDX
 
@@ -132,8 +132,7 @@ def run(args):
                 info = api.upload_folder(repo_id=args.repo, folder_path=tmp, revision=args.revision,
                                          commit_message=args.message)
             except Exception as e:  # huggingface_hub HTTP errors, missing login
-                raise MRADError(f"upload to {args.repo} failed ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:300]}); log in with `hf auth login` or set HF_TOKEN "
+                raise MRADError(f"upload to {args.repo} failed ({first_line(e, 300)}); log in with `hf auth login` or set HF_TOKEN "
                                 f"(a token with write access)") from e
         print(f"uploaded {len(files)} file(s) to {getattr(info, 'commit_url', args.repo)}")
         print(f"pin it: MRAD_HUB_REPO={args.repo} MRAD_HUB_REVISION={getattr(info, 'oid', '<commit>')}")
