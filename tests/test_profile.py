@@ -37,8 +37,9 @@ def test_thresholds_are_the_quantiles_of_the_normal_scores(tiny_detector, normal
         np.testing.assert_allclose(p.pixel_threshold, np.quantile(results[v].map, 0.8), atol=1e-6)
         np.testing.assert_allclose(p.pixel_median, np.median(results[v].map), atol=1e-6)
         assert profile.is_anomalous(v, p.image_threshold) and not profile.is_anomalous(v, p.image_threshold - 1e-6)
-        # at most rate of the normal images are flagged
-        assert profile.is_anomalous(v, results[v].score).mean() <= 0.2
+        # about `rate` of the normal images are flagged: the rule flags scores that reach the threshold, so a normal
+        # image whose score is the quantile itself counts too (at most one more than rate x n)
+        assert profile.is_anomalous(v, results[v].score).sum() <= 0.2 * len(normals) + 1
     assert profile.bank["image"]["digest_of"] == "tensors" and len(profile.bank["image"]["sha256"]) == 64
 
 
