@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from .analysis import POOLED, EvalAnalysis
+from .eval_analysis import POOLED, EvalAnalysis
 from .config import VARIANTS
 from .errors import MRADError
 from .evaluate import _nan_to_none, _pct, evaluate, write_report

@@ -148,7 +148,7 @@ def test_eval_plots_writes_figures_and_thresholds(plotted):
 
 def test_analysis_explains_undefined_metrics(tmp_path):
     """A class with only good images and one without masks: no thresholds, reasons instead of numbers."""
-    from mrad_core.analysis import EvalAnalysis
+    from mrad_core.eval_analysis import EvalAnalysis
     from mrad_core.datasets import Record
     from tiny_model import synthetic_image
 

@@ -11,7 +11,7 @@ from ..config import VARIANTS
 from ..datasets import DATASETS, dataset_name, read_dataset
 from ..distributed import setup, teardown
 from ..errors import MRADError
-from ..analysis import EvalAnalysis
+from ..eval_analysis import EvalAnalysis
 from ..evaluate import evaluate, format_table, group_by_class, write_report
 from ..loading import resolve_paths
 from .common import add_model_args, detector_from_args
