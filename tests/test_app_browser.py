@@ -90,3 +90,19 @@ def test_upload_run_explore_download(served, page, tmp_path):
     assert float(rows[2]["score"]) == pytest.approx(scores["clip"], abs=1e-3)
     page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
     assert (tmp_path / "app.png").stat().st_size > 10_000
+
+
+def test_input_detect_results_and_the_threshold_share_a_1280x800_screen(served, page):
+    """Input, Detect, the three results and the image threshold slider are on screen together at 1280x800."""
+    _, url = served
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#run")
+    page.set_input_files("#input-image input[type=file]", str(ASSETS / "examples" / "wood_crack.png"))
+    page.wait_for_selector("#input-image img")
+    page.click("#run")
+    page.wait_for_selector("#card-clip .mrad-score")
+    for selector in ("#input-image", "#run", "#image-threshold", "#overlay-tf", "#overlay-ft", "#overlay-clip"):
+        box = page.locator(selector).bounding_box()
+        assert box and box["y"] < 800 and box["y"] + box["height"] > 0, (selector, box)
+
