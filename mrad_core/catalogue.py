@@ -27,7 +27,7 @@ SOURCE_LABELS = {
     "visa": "VisA memory + VisA-trained heads (the paper's pairing for MVTec AD and other datasets)",
     "mvtec": "MVTec AD memory + MVTec-trained heads (the paper's pairing for VisA; non-commercial)",
     "examples": "Built-in synthetic examples (assets/bank; MRAD-TF with the CLIP backbone alone)",
-    "custom": "My bank (build it in the 'Memory bank' tab)",
+    "custom": "My bank (build it in the Bank tab)",
 }
 BANK_ID = re.compile(r"[0-9a-f]{12}")
 KEPT_BANKS = 16  # custom banks kept in memory (their files stay until the work directory is tidied)
@@ -119,7 +119,7 @@ class Catalogue:
             if bank_id and self.has_bank(bank_id):
                 lines.append("ready: " + self.bank_info(bank_id))
             else:
-                lines.append("not built yet: upload normal images in the 'Memory bank' tab")
+                lines.append("not built yet: upload normal images in the Bank tab")
                 missing = True
         return SourceFacts(key, SOURCE_LABELS[key], tuple(lines), missing)
 
@@ -177,7 +177,7 @@ class Catalogue:
 
     def _folder(self, bank_id) -> Path:
         if not isinstance(bank_id, str) or not BANK_ID.fullmatch(bank_id):
-            raise MRADError("no custom bank yet: build one in the 'Memory bank' tab from your normal images")
+            raise MRADError("no custom bank yet: build one in the Bank tab from your normal images")
         return self.bank_dir / bank_id
 
     def has_bank(self, bank_id) -> bool:
@@ -193,7 +193,7 @@ class Catalogue:
         patch = sorted(folder.glob("*_patch_bank.safetensors"))
         if not (image and patch):
             raise MRADError("this custom bank is gone (banks are kept for a few hours): build it again in the "
-                            "'Memory bank' tab")
+                            "Bank tab")
         return [image[0], patch[0]]
 
     def bank(self, bank_id) -> tuple:

@@ -130,7 +130,7 @@ class Service:
         """The Detector of a source, loaded on first use (heads and banks per source, one shared backbone)."""
         self.catalogue.check(source)
         if source == "custom" and not self.catalogue.has_bank(bank_id):
-            raise MRADError("no custom bank yet: build one in the 'Memory bank' tab from your normal images")
+            raise MRADError("no custom bank yet: build one in the Bank tab from your normal images")
         key = (source, bank_id if source == "custom" else None)
         with self._lock:
             if key not in self._detectors:

@@ -157,9 +157,9 @@ def test_bad_requests_are_user_errors(service, tiny_files, tmp_path):
         service.analyze(tiny_files["images"][0], ["tf", "xl"], "env")
     with pytest.raises(MRADError, match="unknown source"):
         service.analyze(tiny_files["images"][0], ["tf"], "imagenet")
-    with pytest.raises(MRADError, match="Memory bank"):
+    with pytest.raises(MRADError, match="Bank tab"):
         service.analyze(tiny_files["images"][0], ["tf"], "custom", bank_id="nope")
-    with pytest.raises(MRADError, match="Memory bank"):
+    with pytest.raises(MRADError, match="Bank tab"):
         service.analyze(tiny_files["images"][0], ["tf"], "custom", bank_id="../../etc")
     (tmp_path / "x.png").write_bytes(b"not a png")
     with pytest.raises(MRADError, match="not an image"):

@@ -1,4 +1,4 @@
-"""The Memory bank tab: build a bank from your own normal (and defect) images; it is kept as two files."""
+"""The Bank tab: build a bank from your own normal (and defect) images; it is kept as two files."""
 from __future__ import annotations
 
 import gradio as gr

@@ -42,8 +42,8 @@ class Page:
         self.detect, self.teach = DetectTab(self), TeachPanel(self)
         self.batch, self.bank, self.evaluate = BatchTab(self), BankTab(self), EvaluateTab(self)
         # (tab label, its parts in order): the teaching panel sits under the Detect results
-        self.tabs = [("Detect", [self.detect, self.teach]), ("Batch", [self.batch]), ("Memory bank", [self.bank]),
-                     ("Evaluate", [self.evaluate])]
+        self.tabs = [("Detect", [self.detect, self.teach]), ("Batch", [self.batch]), ("Bank", [self.bank]),
+                     ("Evaluate", [self.evaluate])]  # short labels: all four fit a phone's width
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="MRAD: zero-shot anomaly detection", delete_cache=(3600, 7200)) as demo:
@@ -52,9 +52,9 @@ class Page:
             self.status = gr.Markdown(self.service.status(), elem_id="status")
             with gr.Row(equal_height=True):
                 self.source = gr.Dropdown(self.service.catalogue.choices(), value=self.service.catalogue.default(),
-                                          label="Memory bank & heads", scale=3, elem_id="source")
+                                          label="Memory bank & heads", scale=3, min_width=300, elem_id="source")
                 self.variants = gr.CheckboxGroup([(records.name(v), v) for v in VARIANTS], value=list(VARIANTS),
-                                                 label="Variants", scale=2, elem_id="variants")
+                                                 label="Variants", scale=2, min_width=300, elem_id="variants")
             with gr.Accordion("What is loaded / missing", open=False) as self.source_panel:
                 self.source_info = gr.Markdown()
             self.analysis = gr.State(None)  # records.Analysis of the image on screen
