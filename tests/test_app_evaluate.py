@@ -4,6 +4,7 @@ same files, separate uploads with masks, bad ZIPs with their messages (the serve
 import csv
 import io
 import json
+import re
 import socket
 import zipfile
 from pathlib import Path
@@ -242,3 +243,36 @@ def test_apply_threshold_sets_the_detect_slider(served, dataset):
     deps = demo.config["dependencies"]
     apply = next(d for d in deps if [ev.apply._id, "click"] in [list(t) for t in d["targets"]])
     assert apply["outputs"] == [slider._id]
+
+
+@pytest.mark.browser
+def test_browser_upload_zip_see_metrics_apply_threshold(served, dataset):
+    """Headless Chromium: upload the ZIP in the Evaluate tab, see the metrics table, apply the F1-optimal threshold
+    of MRAD-TF and find it in the Detect tab's image-threshold slider."""
+    from playwright.sync_api import sync_playwright
+    _, cli, _, zpath = dataset
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--headless"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.set_default_timeout(60_000)
+            page.goto(served[1], wait_until="load")
+            page.get_by_role("tab", name="Evaluate").click()
+            page.set_input_files("#eval-zip input[type=file]", str(zpath))
+            page.wait_for_selector("#eval-zip a")  # uploaded
+            page.click("#run-eval")
+            page.wait_for_function("() => document.querySelector('#eval-report').innerText.includes('12 images')")
+            page.wait_for_function("() => document.querySelector('#eval-table').innerText.includes('image AUROC')")
+            table = page.locator("#eval-table").inner_text()
+            assert "image AUROC" in table and "AUPRO" in table and "MRAD-CLIP" in table
+            auroc = 100 * cli["metrics"]["ft"]["classes"]["bottle"]["image_auroc"]
+            assert f"{auroc:.1f}" in table
+            thresholds = page.locator("#eval-thresholds").inner_text()
+            want = float(re.search(r"MRAD-TF\s+([0-9.]+)", thresholds).group(1))  # F1-optimal, 4 decimals
+            page.click("#eval-apply")
+            page.get_by_role("tab", name="Detect").click()
+            page.wait_for_function("() => document.querySelector('#image-threshold input[type=number]').value "
+                                   "!== '0.5'")
+            assert float(page.locator("#image-threshold input[type=number]").input_value()) == want
+        finally:
+            browser.close()
