@@ -276,3 +276,36 @@ def test_browser_upload_zip_see_metrics_apply_threshold(served, dataset):
             assert float(page.locator("#image-threshold input[type=number]").input_value()) == want
         finally:
             browser.close()
+
+
+def test_a_variant_the_bank_cannot_run_is_left_out_with_its_reason(served, tmp_path, monkeypatch):
+    """Whether MRAD-CLIP can run is known only once the model call has loaded the heads: the evaluation goes on
+    with the others and says why."""
+    from mrad_core.batch import ChunkScores
+    page = served[2].mrad
+    real, calls = page.gpu_chunk, []
+
+    def without_clip(pixels, variants, *a, **k):
+        calls.append(tuple(variants))
+        chunk = real(pixels, [v for v in variants if v != "clip"], *a, **k)
+        why = {"clip": "these heads have no prompt parts"} if "clip" in variants else {}
+        return ChunkScores(chunk.results, {**chunk.skipped, **why})
+
+    monkeypatch.setattr(page, "gpu_chunk", without_clip)
+    members = {f"good/g{i}.png": _png(i) for i in range(2)} | {f"bad/b{i}.png": _png(10 + i, True) for i in range(2)}
+    out = page.evaluate.evaluate(str(_zip(tmp_path / "parts.zip", members)), None, None, None, ["tf", "clip"], None,
+                                 None, 0.05, 0, progress=lambda *a, **k: None)
+    assert out[0].startswith("**4 images evaluated** (2 good, 2 defective, 0 with masks) with MRAD-TF. MRAD-CLIP "
+                             "did not run: these heads have no prompt parts. No masks were given")
+    assert out[1]["headers"] == ["class", "metric", "MRAD-TF", "note"]
+    assert calls == [("tf", "clip"), ("tf",)]  # one chunk to find out, then the evaluation without MRAD-CLIP
+    monkeypatch.setattr(page, "gpu_chunk", lambda p, v, *a, **k: ChunkScores({}, {x: "no heads" for x in v}))
+    with pytest.raises(gr_error(), match="none of the chosen variants can run with this memory bank: MRAD-TF: no "
+                                         "heads"):
+        page.evaluate.evaluate(str(tmp_path / "parts.zip"), None, None, None, ["tf"], None, None,
+                               progress=lambda *a, **k: None)
+
+
+def gr_error():
+    import gradio as gr
+    return gr.Error

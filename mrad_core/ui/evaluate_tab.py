@@ -12,12 +12,12 @@ from pathlib import Path
 import gradio as gr
 
 from .. import records
-from ..analysis import POOLED
 from ..config import VARIANTS
 from ..errors import MRADError
 from ..eval_report import ChunkScorer, evaluate_samples, report_json
 from ..labelled import MAX_IMAGES, read_labelled_list
 from ..zerogpu import user_errors
+from .detect import CONTROLS
 
 INTRO = ("**How well does each variant separate good from bad on *your* parts?** Upload a ZIP with `good/` and "
          "`bad/` folders (optionally `masks/`, named after the bad images) or in the MVTec layout "
@@ -112,8 +112,7 @@ class EvaluateTab:
                        show_progress_on=[self.report],
                        **p.model_events)
         # the Detect tab re-draws on user input only: re-draw its views with the new threshold too
-        controls = [d.controls[k] for k in ("image_threshold", "pixel_threshold", "opacity", "colormap", "contours",
-                                             "binary", "normalisation")]
+        controls = [d.controls[k] for k in CONTROLS]
         results = [d.summary, d.legend, d.json, *d.sliders.values(), *d.cards.values(), *d.columns.values()]
         self.apply.click(self.apply_threshold, [self.found, self.kind, self.variant], d.controls["image_threshold"],
                          api_visibility="private", queue=False
@@ -138,7 +137,7 @@ class EvaluateTab:
 
         def score(pixels, vs):  # one model call per batch, every variant from one encoding
             chunk = p.gpu_chunk(pixels, vs, source, bank_id)
-            if chunk.skipped:
+            if set(chunk.skipped) & set(vs):
                 raise _Skipped(chunk.skipped)
             return chunk.results
 
