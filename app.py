@@ -2,7 +2,7 @@
 
 A thin front end: the page is built in mrad_core/ui (one module per tab), the model is held by
 mrad_core.service.Service, settings come from the environment once (mrad_core/settings.py).
-`python app.py [--host H] [--port P] [--share]`. API endpoints: /predict, /predict_batch, /build_bank, /status.
+`python app.py [--host H] [--port P] [--share]`. API endpoints: /predict, /predict_batch, /build_bank, /evaluate, /status.
 """
 from __future__ import annotations
 

@@ -309,3 +309,17 @@ def test_a_variant_the_bank_cannot_run_is_left_out_with_its_reason(served, tmp_p
 def gr_error():
     import gradio as gr
     return gr.Error
+
+
+def test_raw_http_call_with_only_the_zip(served, dataset):
+    """A raw HTTP call (curl) that sends only the ZIP gets the defaults of the other inputs."""
+    import httpx
+    url, zpath = served[1], dataset[3]
+    with open(zpath, "rb") as f:
+        uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": f}).json()[0]
+    event = httpx.post(f"{url}gradio_api/call/evaluate", json={"data": [{"path": uploaded, "meta": {
+        "_type": "gradio.FileData"}}]}).json()["event_id"]
+    text = httpx.get(f"{url}gradio_api/call/evaluate/{event}", timeout=300).text
+    assert "event: complete" in text, text[:2000]
+    result = json.loads(text.split("data: ", 1)[1].splitlines()[0])[0]
+    assert_same_metrics(result["metrics"], dataset[1])

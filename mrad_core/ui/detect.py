@@ -85,11 +85,21 @@ class DetectTab:
                     d.json = gr.JSON()
 
 
+    @property
+    def control_inputs(self) -> list:
+        """The live controls in `render`'s argument order."""
+        return [self.controls[k] for k in CONTROLS]
+
+    @property
+    def outputs(self) -> list:
+        """Every component `render` re-draws."""
+        return [self.summary, self.legend, self.json, *self.sliders.values(), *self.cards.values(),
+                *self.columns.values()]
+
     def wire(self):
         p, d = self.page, self
         live = dict(concurrency_limit=None, trigger_mode="always_last", show_progress="hidden")
-        controls = [d.controls[k] for k in CONTROLS]
-        results = [d.summary, d.legend, d.json, *d.sliders.values(), *d.cards.values(), *d.columns.values()]
+        controls, results = self.control_inputs, self.outputs
         d.run.click(self.start, [p.analysis], [d.summary, d.run, *d.columns.values()], queue=False,
                     api_visibility="private"
                     ).then(self.detect_image, [d.image, p.variants, p.source, p.bank_id, p.levels, *controls],

@@ -17,7 +17,6 @@ from ..errors import MRADError
 from ..eval_report import ChunkScorer, evaluate_samples, report_json
 from ..labelled import MAX_IMAGES, read_labelled_list
 from ..zerogpu import user_errors
-from .detect import CONTROLS
 
 INTRO = ("**How well does each variant separate good from bad on *your* parts?** Upload a ZIP with `good/` and "
          "`bad/` folders (optionally `masks/`, named after the bad images) or in the MVTec layout "
@@ -112,11 +111,9 @@ class EvaluateTab:
                        show_progress_on=[self.report],
                        **p.model_events)
         # the Detect tab re-draws on user input only: re-draw its views with the new threshold too
-        controls = [d.controls[k] for k in CONTROLS]
-        results = [d.summary, d.legend, d.json, *d.sliders.values(), *d.cards.values(), *d.columns.values()]
         self.apply.click(self.apply_threshold, [self.found, self.kind, self.variant], d.controls["image_threshold"],
                          api_visibility="private", queue=False
-                         ).then(d.render, [p.analysis, *controls], results, api_visibility="private",
+                         ).then(d.render, [p.analysis, *d.control_inputs], d.outputs, api_visibility="private",
                                 show_progress="hidden")
         gr.api(self.evaluate_api, api_name="evaluate", **p.model_events)
 

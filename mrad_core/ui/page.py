@@ -112,7 +112,8 @@ class Page:
     def api_defaults(self) -> dict:
         """Endpoint name -> defaults of its inputs after the first (for raw HTTP calls that send only the first)."""
         from inspect import signature
-        return {"predict": [p.default for p in list(signature(self.detect.predict).parameters.values())[1:]]}
+        return {name: [p.default for p in list(signature(fn).parameters.values())[1:]]
+                for name, fn in (("predict", self.detect.predict), ("evaluate", self.evaluate.evaluate_api))}
 
 
 def build_demo(service: Service) -> gr.Blocks:
