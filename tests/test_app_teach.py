@@ -57,9 +57,9 @@ def test_mark_the_defect_raises_the_score_then_undo_restores_it_exactly(ui, tiny
     before, levels = detect(page, query)
     editor_value, mask = painted(before)
     opened = t.mark(before)
-    assert opened[0]["background"] is before.image and opened[1] is True  # the editor opens on the image shown
+    assert opened[0]["background"] is before.image  # the editor opens on the image shown
     encoded = service.calls["encode"]
-    out = t.add_defect(query, editor_value, None, True, "current", None, "env", None, VARIANTS, levels, None, *VALUES)
+    out = t.add_defect(query, before, editor_value, None, "current", None, "env", None, VARIANTS, levels, None, *VALUES)
     assert service.calls["encode"] == encoded  # the image on screen: its cached encoding, added and re-scored
     after, taught = out[page.analysis], out[t.taught]
     assert out[page.source] == "custom" and out[page.bank_id] == taught["stack"][-1]["bank_id"]
@@ -173,6 +173,25 @@ def test_why_this_score_lists_the_top_entries_by_weight_and_explains_a_clicked_p
         t.why(None, None, None, 3, "ft", *VALUES)
 
 
+def test_an_uploaded_defect_image_with_its_mask_file(ui, tiny_files, tmp_path):
+    service, page = ui
+    t = page.teach
+    query = tiny_files["images"][1]
+    shown, levels = detect(page, query)
+    image, mask = synthetic_image(777, defect=True)
+    mask.save(tmp_path / "upload_mask.png")
+    editor_value = {"background": np.dstack([np.asarray(image), np.full(image.size[::-1], 255, np.uint8)]),
+                    "layers": [], "composite": None}
+    encoded = service.calls["encode"]
+    out = t.add_defect(query, shown, editor_value, str(tmp_path / "upload_mask.png"), "current", None, "env", None,
+                       VARIANTS, levels, None, *VALUES)
+    assert service.calls["encode"] == encoded + 1  # the upload, once; the image on screen re-used its encoding
+    assert out[t.taught]["stack"][-1]["added"] == ["defect"]
+    ib, pb = service.catalogue.bank(out[page.bank_id])
+    assert int(ib.labels[-1]) == 1 and pb.labels[pb.owner == len(ib) - 1].tolist() == [1, 0]
+    assert out[page.analysis].name == shown.name  # the image on screen, re-scored with the new bank
+
+
 def test_clear_errors(ui, tiny_files):
     service, page = ui
     t = page.teach
@@ -180,10 +199,10 @@ def test_clear_errors(ui, tiny_files):
     editor_value, _ = painted(shown)
     editor_value["layers"] = [np.zeros_like(editor_value["layers"][0])]
     with pytest.raises(gr.Error, match="nothing painted"):
-        t.add_defect(tiny_files["images"][1], editor_value, None, True, "current", None, "env", None, VARIANTS, {},
+        t.add_defect(tiny_files["images"][1], shown, editor_value, None, "current", None, "env", None, VARIANTS, {},
                      None, *VALUES)
     with pytest.raises(gr.Error, match="no defect image"):
-        t.add_defect(None, None, None, False, "current", None, "env", None, VARIANTS, {}, None, *VALUES)
+        t.add_defect(None, None, None, None, "current", None, "env", None, VARIANTS, {}, None, *VALUES)
     with pytest.raises(gr.Error, match="press \\*\\*Detect"):
         t.this_is_normal(None, None, "current", None, "env", None, VARIANTS, {}, None, *VALUES)
 
@@ -196,7 +215,7 @@ def test_teaching_across_zero_gpu_workers(tiny_files):
     query = tiny_files["images"][1]
     before, levels = detect(page, query)
     editor_value, _ = painted(before)
-    out = t.add_defect(query, editor_value, None, True, "empty", None, "env", None, VARIANTS, levels, None, *VALUES)
+    out = t.add_defect(query, before, editor_value, None, "empty", None, "env", None, VARIANTS, levels, None, *VALUES)
     assert service.calls["encode"] == 0 and out[page.source] == "custom"  # the work happened in the workers
     again = page.detect.predict({"path": query}, VARIANTS, "custom", bank_id=out[page.bank_id])
     assert again["variants"]["tf"]["score"] == pytest.approx(out[page.analysis].outputs["tf"].score, abs=1e-5)

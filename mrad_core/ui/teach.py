@@ -41,7 +41,6 @@ class TeachPanel:
     # ------------------------------------------------------------------ layout
     def build(self):
         self.taught, self.profile = gr.State(None), gr.State(None)
-        self.marking = gr.State(False)  # the editor holds the image on screen (its own file is encoded)
         with gr.Accordion("Make it yours: teach the bank, calibrate on your normal images, see why", open=False,
                           elem_id="teach-panel"):
             with gr.Tabs():
@@ -117,10 +116,9 @@ class TeachPanel:
         model = dict(api_visibility="private", **p.model_events)
         common = [self.start, self.taught, p.source, p.bank_id, p.variants, p.levels, self.profile, *controls]
         self.normal_button.click(self.this_is_normal, [d.image, p.analysis, *common], session + self.results, **model)
-        self.mark_button.click(self.mark, [p.analysis], [self.editor, self.marking, self.mask_file],
-                               api_visibility="private", queue=False)
-        self.editor.upload(lambda: False, None, self.marking, api_visibility="private", queue=False)
-        self.add_defect_button.click(self.add_defect, [d.image, self.editor, self.mask_file, self.marking, *common],
+        self.mark_button.click(self.mark, [p.analysis], [self.editor, self.mask_file], api_visibility="private",
+                               queue=False)
+        self.add_defect_button.click(self.add_defect, [d.image, p.analysis, self.editor, self.mask_file, *common],
                                      session + self.results, **model)
         self.add_normal_button.click(self.add_normal_files, [self.normal_files, d.image, *common],
                                      session + self.results, **model)
@@ -202,17 +200,18 @@ class TeachPanel:
     def mark(self, analysis):
         if analysis is None:
             raise gr.Error(words.NO_IMAGE.replace("**", ""), print_exception=False)
-        return {"background": analysis.image, "layers": [], "composite": None}, True, None
+        return {"background": analysis.image, "layers": [], "composite": None}, None
 
     @user_errors
-    def add_defect(self, image, editor, mask_file, marking, start_mode, taught, source, bank_id, variants, levels,
+    def add_defect(self, image, analysis, editor, mask_file, start_mode, taught, source, bank_id, variants, levels,
                    profile, *controls):
         background = (editor or {}).get("background")
         if background is None:
             raise MRADError("no defect image: press 'Mark the defect' (or upload a defect image into the editor)")
         mask = mask_file or painted_mask(editor)
-        example = image if marking and image is not None else np.asarray(background)[..., :3]
-        label = None if marking else "defect"  # the image on screen keeps its file name
+        marking = image is not None and shows(background, analysis)
+        example = image if marking else np.asarray(background)[..., :3]  # the image on screen: its own file
+        label = None if marking else "defect"  # (and its file name)
         return self._add(taught, start_mode, source, bank_id, example, mask, label, image, variants,
                          levels, profile, controls, "defect")
 
@@ -377,6 +376,14 @@ def unique(components) -> list:
             seen.add(id(c))
             out.append(c)
     return out
+
+
+def shows(background, analysis) -> bool:
+    """Whether the editor holds the image on screen (Mark the defect), not an upload."""
+    if analysis is None:
+        return False
+    shown, held = analysis.image.astype(np.float32), np.asarray(background)[..., :3].astype(np.float32)
+    return held.shape == shown.shape and float(np.abs(held - shown).mean()) < 1.0
 
 
 def painted_mask(editor) -> np.ndarray:
