@@ -33,15 +33,16 @@ def _banks(service, start, bank_id):
     return det.image_bank, det.patch_bank
 
 
-def _rescore(service, current, variants, bank_id, calibrations):
-    """The current image (if any) scored with the taught bank `bank_id` (its encoding re-used when cached)."""
+def _rescore(service, current, variants, bank_id, calibrate):
+    """The current image (if any) scored with the taught bank `bank_id` (its encoding re-used when cached); with
+    `calibrate`, with the calibrated scale's reference levels of the new bank."""
     if current is None:
         return None
-    return service.analyze(current, variants, "custom", bank_id, calibrations=calibrations)
+    return service.analyze(current, variants, "custom", bank_id, calibrate=calibrate)
 
 
 def add_example(service, start, bank_id, image, mask=None, name=None, current=None, variants=("tf",),
-                calibrations=None) -> tuple:
+                calibrate=False) -> tuple:
     """Teach one image: `mask` None -> a normal image ("This is normal"); a (H, W) array or mask file (non-zero =
     defect) -> a defect image, the masked region anomalous, the rest normal (as bank building does). The image is
     encoded once (the cached encoding when it is the current image). Returns (new bank id, the added image's id,
@@ -63,10 +64,10 @@ def add_example(service, start, bank_id, image, mask=None, name=None, current=No
     else:
         banks = bank_edit.add_defect(image_bank, patch_bank, enc.to("cpu"), [mask > 0], [image_id], thumbs)
     new_id = service.catalogue.add_bank(banks, banks[0].source if image_bank is not None else TAUGHT_NAME)
-    return new_id, image_id, _rescore(service, current, variants, new_id, calibrations)
+    return new_id, image_id, _rescore(service, current, variants, new_id, calibrate)
 
 
-def remove_examples(service, bank_id, ids, current=None, variants=("tf",), calibrations=None) -> tuple:
+def remove_examples(service, bank_id, ids, current=None, variants=("tf",), calibrate=False) -> tuple:
     """Remove images (their image entry and every patch entry they gave) from a taught bank: (new bank id or None
     when nothing is left, the current image re-scored or None). The result equals the one before they were added."""
     if not ids:
@@ -75,7 +76,7 @@ def remove_examples(service, bank_id, ids, current=None, variants=("tf",), calib
     if banks[0] is None:
         return None, None
     new_id = service.catalogue.add_bank(banks, banks[0].source)
-    return new_id, _rescore(service, current, variants, new_id, calibrations)
+    return new_id, _rescore(service, current, variants, new_id, calibrate)
 
 
 def calibrate(service, images, variants, source, bank_id=None, rate=profiles.DEFAULT_RATE, name="") -> profiles.Profile:

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mrad_core import profile as profiles
 from mrad_core import teaching
-from mrad_core.ui.detect import CONTROLS
 from tiny_model import synthetic_image
 
 FILES = ("backbone", "heads", "image_bank", "patch_bank")
 VARIANTS = ["tf", "ft", "clip"]
-VALUES = (0.5, 0.5, 0.5, "turbo", True, False, "raw")  # CONTROLS' values
+VALUES = (0.5, 0.5, 0.5, "turbo", True, False, "raw")  # the values of detect.CONTROLS
 
 
 def no_progress(*args, **kwargs):
@@ -69,7 +69,8 @@ def test_mark_the_defect_raises_the_score_then_undo_restores_it_exactly(ui, tiny
         m0, m1 = (np.asarray(a.outputs[v].map, np.float32) for a in (before, after))
         assert m1[mask].mean() > m0[mask].mean() + 1e-3, v
         assert f"{after.outputs[v].score:.3f}" in out[d.cards[v]]  # the new score is on screen
-    undone = t.undo(query, "current", taught, "custom", out[page.bank_id], VARIANTS, out[page.levels], None, *VALUES)
+    undone = t.undo(query, "current", taught, "custom", out[page.bank_id], VARIANTS, out.get(page.levels, levels),
+                    None, *VALUES)
     assert undone[page.source] == "env" and undone[page.bank_id] is None and undone[t.taught]["stack"] == []
     for v in VARIANTS:
         assert undone[page.analysis].outputs[v].score == before.outputs[v].score
@@ -88,7 +89,7 @@ def test_this_is_normal_lowers_the_score_and_remove_restores_it_exactly(ui, tiny
         assert out[page.analysis].outputs[v].score < before.outputs[v].score - 1e-3, v
     assert out[t.entries].choices == [("query_0", "query_0")]
     removed = t.remove(["query_0"], query, "current", out[t.taught], "custom", out[page.bank_id], VARIANTS,
-                       out[page.levels], None, *VALUES)
+                       out.get(page.levels, levels), None, *VALUES)
     assert removed[page.source] == "custom" and removed[page.bank_id] != out[page.bank_id]
     for v in VARIANTS:
         assert removed[page.analysis].outputs[v].score == before.outputs[v].score
@@ -103,26 +104,48 @@ def test_profile_sets_the_sliders_and_round_trips_through_save_and_load(ui, tiny
         synthetic_image(400 + i)[0].save(tmp_path / f"good_{i}.png")
         paths.append(str(tmp_path / f"good_{i}.png"))
     shown, levels = detect(page, tiny_files["images"][1])
-    out = t.calibrate(paths, 20, "line 4", "ft", VARIANTS, "env", None, levels, shown, *VALUES)
+    out = t.calibrate(paths, 20, "line 4", "ft", VARIANTS, "env", None, shown, *VALUES)
     profile = out[t.profile]
     assert set(profile.variants) == set(VARIANTS) and profile.name == "line 4" and profile.rate == pytest.approx(0.2)
     ft = profile.variants["ft"]
     assert ft.image_threshold == pytest.approx(float(np.quantile(ft.normal_scores, 0.8)), abs=1e-9)
     assert out[c["image_threshold"]]["value"] == ft.image_threshold  # the slider takes the profile's threshold
     assert out[c["pixel_threshold"]] == 1.0 and out[c["normalisation"]] == "calibrated"
-    assert out[page.levels]["env"] == teaching.profile_levels(profile)  # the calibrated view uses the profile
-    assert out[page.analysis].outputs["tf"].calibration == teaching.profile_levels(profile)["tf"]
+    assert out[page.analysis].outputs["tf"].calibration == teaching.profile_levels(profile)["tf"]  # shown on its scale
+    assert page.levels not in out  # the page's (shared) reference levels are not replaced by a profile's
+    # a later result (Detect) arrives with the reference levels: it is shown on the profile's scale at once
+    later, _ = detect(page, tiny_files["images"][0])
+    kept = t.keep_profile(later, profile, *VALUES[:-1], "calibrated")
+    assert kept[page.analysis].outputs["ft"].calibration == teaching.profile_levels(profile)["ft"]
+    assert t.keep_profile(kept[page.analysis], profile, *VALUES) == {}  # then nothing more to do
     assert "calibrated" in out[page.detect.cards["tf"]] and out[t.plot].axes  # a plot per variant
     assert len(out[t.plot].axes) == 3
-    loaded = t.load_profile(out[t.profile_file], "tf", "env", None, {}, shown, *VALUES)
+    loaded = t.load_profile(out[t.profile_file], "tf", shown, *VALUES)
     assert loaded[t.profile].to_json() == profile.to_json()  # exact: JSON keeps Python floats
     assert loaded[c["image_threshold"]]["value"] == profile.variants["tf"].image_threshold
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "mrad-profile/9", "rate": 0.01}')
     with pytest.raises(gr.Error, match="mrad-profile/9 is not supported"):
-        t.load_profile(str(bad), "tf", "env", None, {}, shown, *VALUES)
+        t.load_profile(str(bad), "tf", shown, *VALUES)
     with pytest.raises(gr.Error, match="give 5–50 known-good images"):
-        t.calibrate(paths[:2], 1, "x", "tf", VARIANTS, "env", None, {}, None, *VALUES)
+        t.calibrate(paths[:2], 1, "x", "tf", VARIANTS, "env", None, None, *VALUES)
+
+
+def test_a_taught_result_on_the_calibrated_view(ui, tiny_files):
+    """Without a profile the new bank's reference levels are computed with it; with one, the profile's scale."""
+    service, page = ui
+    t = page.teach
+    query = tiny_files["images"][0]
+    shown, levels = detect(page, query)
+    calibrated = (*VALUES[:-1], "calibrated")
+    out = t.this_is_normal(query, shown, "current", None, "env", None, ["tf"], levels, None, *calibrated)
+    a = out[page.analysis]
+    assert a.calibrated and out[page.levels][f"custom:{out[page.bank_id]}"]["tf"] == a.outputs["tf"].calibration
+    assert "not calibrated" not in out[page.detect.cards["tf"]]
+    rng = np.random.default_rng(0)
+    profile = profiles.profile_from_results({"tf": (rng.random(6), rng.random((6, 8, 8)))}, rate=0.1)
+    out = t.this_is_normal(query, shown, "current", None, "env", None, ["tf"], levels, profile, *calibrated)
+    assert out[page.analysis].outputs["tf"].calibration == teaching.profile_levels(profile)["tf"]
 
 
 def test_bank_and_profile_save_and_load_together(ui, tiny_files, tmp_path):
@@ -135,7 +158,7 @@ def test_bank_and_profile_save_and_load_together(ui, tiny_files, tmp_path):
     for i in range(5):
         synthetic_image(500 + i)[0].save(tmp_path / f"good_{i}.png")
         paths.append(str(tmp_path / f"good_{i}.png"))
-    profile = t.calibrate(paths, 1, "p", "tf", VARIANTS, "custom", taught[page.bank_id], {}, None, *VALUES)[t.profile]
+    profile = t.calibrate(paths, 1, "p", "tf", VARIANTS, "custom", taught[page.bank_id], None, *VALUES)[t.profile]
     files = t.save_bundle("custom", taught[page.bank_id], profile)
     assert [f.rsplit("_", 2)[-2:] for f in files[:2]] == [["image", "bank.safetensors"], ["patch", "bank.safetensors"]]
     out = t.load_bundle(files, query, "current", None, "env", None, VARIANTS, {}, None, *VALUES)
@@ -220,6 +243,6 @@ def test_teaching_across_zero_gpu_workers(tiny_files):
     again = page.detect.predict({"path": query}, VARIANTS, "custom", bank_id=out[page.bank_id])
     assert again["variants"]["tf"]["score"] == pytest.approx(out[page.analysis].outputs["tf"].score, abs=1e-5)
     assert "only anomalous" in out[t.teach_report]  # taught from empty: one class so far
-    undone = t.undo(query, "empty", out[t.taught], "custom", out[page.bank_id], VARIANTS, out[page.levels], None,
-                    *VALUES)
+    undone = t.undo(query, "empty", out[t.taught], "custom", out[page.bank_id], VARIANTS,
+                    out.get(page.levels, levels), None, *VALUES)
     assert undone[page.analysis].outputs["tf"].score == before.outputs["tf"].score

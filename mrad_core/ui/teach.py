@@ -31,8 +31,9 @@ class TeachPanel:
         s, service = page.settings, page.service
         base, per = s.gpu_seconds_base, s.gpu_seconds_per_image
         gpu = lambda duration: gpu_call(s, duration)  # noqa: E731
-        self.gpu_add = gpu(base + 2 * per)(lambda *a, **k: teaching.add_example(service, *a, **k))
-        self.gpu_remove = gpu(base + per)(lambda *a, **k: teaching.remove_examples(service, *a, **k))
+        calibrating = lambda *a, calibrate=False, **k: base + per * (2 + 4 * calibrate)  # noqa: E731
+        self.gpu_add = gpu(calibrating)(lambda *a, **k: teaching.add_example(service, *a, **k))
+        self.gpu_remove = gpu(calibrating)(lambda *a, **k: teaching.remove_examples(service, *a, **k))
         self.gpu_calibrate = gpu(lambda images, *a, **k: base + per * len(images or ()))(
             lambda *a, **k: teaching.calibrate(service, *a, **k))
         self.gpu_explain = gpu(base + per)(lambda *a, **k: teaching.explain_image(service, *a, **k))
@@ -124,15 +125,18 @@ class TeachPanel:
                                      session + self.results, **model)
         self.undo_button.click(self.undo, [d.image, *common], session + self.results, **model)
         self.remove_button.click(self.remove, [self.entries, d.image, *common], session + self.results, **model)
-        profile_out = [self.profile, self.profile_report, self.plot, p.analysis, p.levels, *controls, *self.results]
+        profile_out = [self.profile, self.profile_report, self.plot, p.analysis, *controls, *self.results]
         self.calibrate_button.click(
             self.calibrate, [self.calibration_files, self.rate, self.profile_name, self.follow, p.variants, p.source,
-                             p.bank_id, p.levels, p.analysis, *controls],
+                             p.bank_id, p.analysis, *controls],
             profile_out + [self.profile_file], show_progress_on=[self.profile_report], **model)
-        self.profile_file.upload(self.load_profile, [self.profile_file, self.follow, p.source, p.bank_id, p.levels,
-                                                     p.analysis, *controls], profile_out, api_visibility="private")
-        self.follow.input(self.use_profile, [self.profile, self.follow, p.source, p.bank_id, p.levels, p.analysis,
-                                             *controls], profile_out, api_visibility="private")
+        self.profile_file.upload(self.load_profile, [self.profile_file, self.follow, p.analysis, *controls],
+                                 profile_out, api_visibility="private")
+        self.follow.input(self.use_profile, [self.profile, self.follow, p.analysis, *controls], profile_out,
+                          api_visibility="private")
+        # a new result (Detect, teaching) is shown on the profile's scale; the page's levels stay reference levels
+        p.analysis.change(self.keep_profile, [p.analysis, self.profile, *controls], [p.analysis, *self.results],
+                          api_visibility="private", show_progress="hidden", queue=False)
         self.save_button.click(self.save_bundle, [p.source, p.bank_id, self.profile], self.bundle,
                                api_visibility="private")
         self.bundle.upload(self.load_bundle, [self.bundle, d.image, *common],
@@ -152,9 +156,10 @@ class TeachPanel:
         before = {"source": self.page.source_of(source), "bank_id": bank_id if source == "custom" else None}
         return {"before": before, "start": None if start_mode == "empty" else before, "stack": []}
 
-    def _levels(self, profile, levels, source, bank_id):
-        key = self.page.calibration_key(source, bank_id)
-        return profile_levels(profile) or (levels or {}).get(key)
+    @staticmethod
+    def _calibrate(profile, controls) -> bool:
+        """Compute the calibrated view's reference levels of a new bank: it is on screen and no profile sets it."""
+        return profile is None and dict(zip(CONTROLS, controls))["normalisation"] == "calibrated"
 
     def _shown(self, taught, a, levels, profile, controls, report) -> dict:
         """Outputs after an edit: the page follows the newest bank (or what was in use before teaching)."""
@@ -164,13 +169,13 @@ class TeachPanel:
                                                                   taught["before"]["bank_id"])
         out = {p.source: source, p.bank_id: bank_id, self.taught: taught, self.teach_report: report,
                self.entries: gr.Dropdown(choices=top["added"] if top else [], value=None)}
-        if a is not None:
-            key = p.calibration_key(source, bank_id)
+        if a is not None:  # the page keeps the reference levels; a profile's are applied to what is shown
             known = {v: o.calibration for v, o in a.outputs.items() if o.calibration}
+            if known:
+                out[p.levels] = {**(levels or {}), p.calibration_key(source, bank_id): known}
             if profile:
-                known = teaching.profile_levels(profile)
-                a = teaching.with_levels(a, known)
-            out.update({p.analysis: a, p.levels: {**(levels or {}), key: known}, **p.detect.render(a, *controls)})
+                a = teaching.with_levels(a, teaching.profile_levels(profile))
+            out.update({p.analysis: a, **p.detect.render(a, *controls)})
         return out
 
     def _report(self, what: str, bank_id, a) -> str:
@@ -185,7 +190,7 @@ class TeachPanel:
         taught = self._session(taught, start_mode, source, bank_id)
         top = taught["stack"][-1] if taught["stack"] else {"bank_id": None, "added": []}
         new_id, image_id, a = self.gpu_add(taught["start"], top["bank_id"], example, mask, label, current,
-                                           variants, profile_levels(profile))
+                                           variants, calibrate=self._calibrate(profile, controls))
         taught = {**taught, "stack": taught["stack"] + [{"bank_id": new_id, "added": top["added"] + [image_id]}]}
         return self._shown(taught, a, levels, profile, controls, self._report(f"{image_id} added as {what}", new_id, a))
 
@@ -238,8 +243,8 @@ class TeachPanel:
                                                                   taught["before"]["bank_id"])
         a = None
         if image is not None:
-            a = self.page.gpu_analyze(image, variants, source, bank_id,
-                                      calibrations=self._levels(profile, levels, source, bank_id))
+            a = self.page.gpu_analyze(image, variants, source, bank_id, calibrate=self._calibrate(profile, controls),
+                                      calibrations=(levels or {}).get(self.page.calibration_key(source, bank_id)))
         return self._shown(taught, a, levels, profile, controls,
                            self._report("Undone", top["bank_id"] if top else None, a))
 
@@ -248,12 +253,15 @@ class TeachPanel:
         if not (taught and taught["stack"] and source == "custom" and bank_id == taught["stack"][-1]["bank_id"]):
             raise MRADError("nothing to remove: the memory bank in use is not one taught here")
         top = taught["stack"][-1]
-        new_id, a = self.gpu_remove(top["bank_id"], list(chosen or []), image, variants, profile_levels(profile))
+        new_id, a = self.gpu_remove(top["bank_id"], list(chosen or []), image, variants,
+                                    calibrate=self._calibrate(profile, controls))
         if new_id is None:  # everything taught from an empty start is gone: back to the bank in use before
             taught = {**taught, "stack": []}
             before = taught["before"]
-            a = None if image is None else self.page.gpu_analyze(image, variants, before["source"],
-                                                                 before["bank_id"])
+            key = self.page.calibration_key(before["source"], before["bank_id"])
+            a = None if image is None else self.page.gpu_analyze(
+                image, variants, before["source"], before["bank_id"], calibrate=self._calibrate(profile, controls),
+                calibrations=(levels or {}).get(key))
         else:
             added = [i for i in top["added"] if i not in set(chosen)]
             taught = {**taught, "stack": taught["stack"] + [{"bank_id": new_id, "added": added}]}
@@ -262,45 +270,51 @@ class TeachPanel:
 
     # ------------------------------------------------------------------ profiles
     @user_errors
-    def calibrate(self, files, rate_percent, profile_name, follow, variants, source, bank_id, levels, analysis,
-                  *controls):
+    def calibrate(self, files, rate_percent, profile_name, follow, variants, source, bank_id, analysis, *controls):
         if rate_percent is None or not 0 < float(rate_percent) < 100:
             raise MRADError("the false-alarm rate must be between 0 and 100 %")
         source = self.page.source_of(source)
         profile = self.gpu_calibrate([str(f) for f in files or []], variants, source, bank_id,
                                      float(rate_percent) / 100, (profile_name or "").strip()[:60])
-        out = self.use_profile(profile, follow, source, bank_id, levels, analysis, *controls)
+        out = self.use_profile(profile, follow, analysis, *controls)
         folder = self.page.service.workdir / f"profile-{uuid.uuid4().hex[:8]}"
         folder.mkdir()
         out[self.profile_file] = str(profile.save(folder / f"{safe_name(profile.name, 'profile')}.json"))
         return out
 
     @user_errors
-    def load_profile(self, path, follow, source, bank_id, levels, analysis, *controls):
+    def load_profile(self, path, follow, analysis, *controls):
         if not path:
             return {}
-        return self.use_profile(Profile.load(path), follow, source, bank_id, levels, analysis, *controls)
+        return self.use_profile(Profile.load(path), follow, analysis, *controls)
 
-    def use_profile(self, profile, follow, source, bank_id, levels, analysis, *controls):
+    def use_profile(self, profile, follow, analysis, *controls):
         """Sliders at the profile's thresholds (the image one of the `follow` variant), the calibrated view on the
         profile's scale, the plot."""
         p, c = self.page, self.page.detect.controls
         if profile is None:
             return {}
         follow = follow if follow in profile.variants else list(profile.variants)[-1]
-        key = p.calibration_key(p.source_of(source), bank_id)
-        known = teaching.profile_levels(profile)
-        a = teaching.with_levels(analysis, known)
+        a = teaching.with_levels(analysis, teaching.profile_levels(profile))
         values = {**dict(zip(CONTROLS, controls)), "image_threshold": profile.variants[follow].image_threshold,
                   "pixel_threshold": 1.0, "normalisation": "calibrated"}
         out = {self.profile: profile, self.profile_report: words.profile_md(profile, follow),
                self.plot: words.profile_figure(profile, a), p.analysis: a,
-               p.levels: {**(levels or {}), key: known},
                c["image_threshold"]: gr.update(value=values["image_threshold"], step=0.001),
                c["pixel_threshold"]: values["pixel_threshold"], c["normalisation"]: "calibrated"}
         if a is not None:
             out.update(p.detect.render(a, *(values[k] for k in CONTROLS)))
         return out
+
+    def keep_profile(self, analysis, profile, *controls):
+        """A result whose calibrated scale is not the profile's gets the profile's (else nothing changes)."""
+        if analysis is None or profile is None:
+            return {}
+        levels = teaching.profile_levels(profile)
+        if all(o.calibration == levels[v] for v, o in analysis.outputs.items() if v in levels):
+            return {}
+        a = teaching.with_levels(analysis, levels)
+        return {self.page.analysis: a, **self.page.detect.render(a, *controls)}
 
     # ------------------------------------------------------------------ save / load bank + profile
     @user_errors
@@ -325,17 +339,16 @@ class TeachPanel:
         out, profile = {}, loaded or profile
         if new_id:
             a = None if image is None else self.page.gpu_analyze(image, variants, "custom", new_id,
-                                                                 calibrations=profile_levels(profile))
+                                                                 calibrate=self._calibrate(profile, controls))
             before = {"source": "custom", "bank_id": new_id}
             taught = {"before": before, "start": before, "stack": []}
             out = self._shown(taught, a, levels, profile, controls,
                               self._report("Bank loaded", new_id, a) + " Teaching continues from it.")
-            source, bank_id, levels = "custom", new_id, out.get(self.page.levels, levels)
             analysis = out.get(self.page.analysis)
         else:
             analysis = None
         if loaded is not None:
-            out.update(self.use_profile(loaded, None, source, bank_id, levels, analysis, *controls))
+            out.update(self.use_profile(loaded, None, analysis, *controls))
         return out
 
     # ------------------------------------------------------------------ why this score
@@ -361,11 +374,6 @@ class TeachPanel:
         x, y = evt.index[:2]
         h, w = analysis.image.shape[:2]
         return words.point_md(self.gpu_point(image, variant, analysis.source, bank_id, x, y, w, h, int(k)), variant)
-
-
-def profile_levels(profile):
-    """The calibrated view's levels of a profile, or None without one."""
-    return teaching.profile_levels(profile) if profile is not None else None
 
 
 def unique(components) -> list:

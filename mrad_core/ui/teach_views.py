@@ -84,8 +84,8 @@ def entries_html(data: dict) -> str:
 
 
 def point_md(p: dict, variant: str) -> str:
-    rows = "".join(f"| {e['index']} | {e['id'] if e['id'] is not None else '—'} | {e['label']} | {e['weight']:.4f} |\n"
-                   for e in p["top_entries"])
+    rows = "".join(f"| {e['index']} | {e['id'] if e['id'] is not None else '—'} | {e['label']} | "
+                   f"{e['weight']:.4f} |\n" for e in p["top_entries"])
     note = f"\n\n*{p['note']}*" if p.get("note") else ""
     return (f"**{name(variant)}, patch (row {p['row']}, column {p['col']})**: normal {p['normal']:.3f}, anomalous "
             f"{p['anomalous']:.3f}\n\n| patch entry | from image | label | weight |\n|---|---|---|---|\n" + rows + note)
