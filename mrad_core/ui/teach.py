@@ -148,6 +148,10 @@ class TeachPanel:
         self.map_image.select(self.point, [d.image, p.analysis, p.bank_id, self.map_variant, self.top_k],
                               self.point_report, **model)
 
+    def _unchanged(self) -> dict:
+        """No update (an empty dict would be taken for one output's value)."""
+        return {self.page.analysis: gr.skip()}
+
     # ------------------------------------------------------------------ teaching
     def _session(self, taught, start_mode, source, bank_id) -> dict:
         """The teaching under way when Detect uses its newest bank; else a new one from the bank in use or empty."""
@@ -285,7 +289,7 @@ class TeachPanel:
     @user_errors
     def load_profile(self, path, follow, analysis, *controls):
         if not path:
-            return {}
+            return self._unchanged()
         return self.use_profile(Profile.load(path), follow, analysis, *controls)
 
     def use_profile(self, profile, follow, analysis, *controls):
@@ -293,7 +297,7 @@ class TeachPanel:
         profile's scale, the plot."""
         p, c = self.page, self.page.detect.controls
         if profile is None:
-            return {}
+            return self._unchanged()
         follow = follow if follow in profile.variants else list(profile.variants)[-1]
         a = teaching.with_levels(analysis, teaching.profile_levels(profile))
         values = {**dict(zip(CONTROLS, controls)), "image_threshold": profile.variants[follow].image_threshold,
@@ -309,10 +313,10 @@ class TeachPanel:
     def keep_profile(self, analysis, profile, *controls):
         """A result whose calibrated scale is not the profile's gets the profile's (else nothing changes)."""
         if analysis is None or profile is None:
-            return {}
+            return self._unchanged()
         levels = teaching.profile_levels(profile)
         if all(o.calibration == levels[v] for v, o in analysis.outputs.items() if v in levels):
-            return {}
+            return self._unchanged()
         a = teaching.with_levels(analysis, levels)
         return {self.page.analysis: a, **self.page.detect.render(a, *controls)}
 
@@ -334,7 +338,7 @@ class TeachPanel:
     @user_errors
     def load_bundle(self, paths, image, start_mode, taught, source, bank_id, variants, levels, profile, *controls):
         if not paths:
-            return {}
+            return self._unchanged()
         new_id, loaded = teaching.import_bundle(self.page.service, [str(p) for p in paths])
         out, profile = {}, loaded or profile
         if new_id:
