@@ -129,6 +129,8 @@ def test_profile_sets_the_sliders_and_round_trips_through_save_and_load(ui, tiny
         t.load_profile(str(bad), "tf", shown, *VALUES)
     with pytest.raises(gr.Error, match="give 5–50 known-good images"):
         t.calibrate(paths[:2], 1, "x", "tf", VARIANTS, "env", None, None, *VALUES)
+    with pytest.raises(gr.Error, match="false-alarm rate must be between 0 and 100"):
+        t.calibrate(paths, 0, "x", "tf", VARIANTS, "env", None, None, *VALUES)
 
 
 def test_a_taught_result_on_the_calibrated_view(ui, tiny_files):
@@ -168,6 +170,10 @@ def test_bank_and_profile_save_and_load_together(ui, tiny_files, tmp_path):
         assert out[page.analysis].outputs[v].score == taught[page.analysis].outputs[v].score
     with pytest.raises(gr.Error, match="nothing to save"):
         t.save_bundle("env", None, None)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(gr.Error, match="not recognised: notes.txt"):
+        t.load_bundle([files[0], str(tmp_path / "notes.txt")], query, "current", None, "env", None, VARIANTS, {},
+                      None, *VALUES)
 
 
 def test_why_this_score_lists_the_top_entries_by_weight_and_explains_a_clicked_patch(ui, tiny_files):

@@ -55,7 +55,7 @@ class TeachPanel:
     def _build_teach(self):
         gr.Markdown(words.TEACH_HELP)
         self.start = gr.Radio([("the memory bank in use", "current"), ("an empty bank", "empty")], value="current",
-                              label="Teach starting from")
+                              label="Teach starting from", info="read at the first edit of a bank not taught here")
         with gr.Row():
             self.normal_button = gr.Button("This is normal", elem_id="this-is-normal")
             self.mark_button = gr.Button("Mark the defect", elem_id="mark-defect")
