@@ -236,7 +236,7 @@ def test_clear_errors(ui, tiny_files):
         t.this_is_normal(None, None, "current", None, "env", None, VARIANTS, {}, None, *VALUES)
 
 
-def test_teaching_across_zero_gpu_workers(tiny_files):
+def test_teaching_across_zero_gpu_workers(tiny_files, tmp_path):
     """Every call in a fresh fork: the taught bank lives in files, the undo stack in the session's state."""
     service, page = make_ui(tiny_files, emulate_zero_gpu=True)
     service.preload("env")
@@ -252,3 +252,12 @@ def test_teaching_across_zero_gpu_workers(tiny_files):
     undone = t.undo(query, "empty", out[t.taught], "custom", out[page.bank_id], VARIANTS,
                     out.get(page.levels, levels), None, *VALUES)
     assert undone[page.analysis].outputs["tf"].score == before.outputs["tf"].score
+    table = t.why(query, before, None, 2, "tf", *VALUES)[0]  # explanations and calibration in workers too
+    assert table.count("<tr>") == 3 * 3 and service.calls["encode"] == 0
+    assert "patch (row" in t.point(query, before, None, "ft", 2, gr.SelectData(None, {"index": [1, 1], "value": None}))
+    paths = []
+    for i in range(5):
+        synthetic_image(800 + i)[0].save(tmp_path / f"good_{i}.png")
+        paths.append(str(tmp_path / f"good_{i}.png"))
+    profile = t.calibrate(paths, 10, "z", "tf", ["tf"], "env", None, before, *VALUES)[t.profile]
+    assert len(profile.variants["tf"].normal_scores) == 5 and service.calls["encode"] == 0
