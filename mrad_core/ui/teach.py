@@ -135,7 +135,8 @@ class TeachPanel:
         self.follow.input(self.use_profile, [self.profile, self.follow, p.analysis, *controls], profile_out,
                           api_visibility="private")
         # a new result (Detect, teaching) is shown on the profile's scale; the page's levels stay reference levels
-        p.analysis.change(self.keep_profile, [p.analysis, self.profile, *controls], [p.analysis, *self.results],
+        p.analysis.change(self.keep_profile, [p.analysis, self.profile, *controls],
+                          [p.analysis, self.plot, *self.results],
                           api_visibility="private", show_progress="hidden", queue=False)
         self.save_button.click(self.save_bundle, [p.source, p.bank_id, self.profile], self.bundle,
                                api_visibility="private")
@@ -311,12 +312,13 @@ class TeachPanel:
         return out
 
     def keep_profile(self, analysis, profile, *controls):
-        """A result whose calibrated scale is not the profile's gets the profile's (else nothing changes)."""
+        """A result whose calibrated scale is not the profile's gets the profile's (which changes the result again);
+        one on the profile's scale gets its score in the profile's plot."""
         if analysis is None or profile is None:
             return self._unchanged()
         levels = teaching.profile_levels(profile)
         if all(o.calibration == levels[v] for v, o in analysis.outputs.items() if v in levels):
-            return self._unchanged()
+            return {self.plot: words.profile_figure(profile, analysis)}
         a = teaching.with_levels(analysis, levels)
         return {self.page.analysis: a, **self.page.detect.render(a, *controls)}
 
