@@ -152,7 +152,17 @@ class Catalogue:
             return heads, MemoryBank.load(files["image_bank"], "image"), MemoryBank.load(files["patch_bank"], "patch")
         if key == "examples":
             return (heads, *build_examples())
-        return (heads, *self.bank(bank_id))
+        image_bank, patch_bank = self.bank(bank_id)
+        return self.heads_of(image_bank.meta.get("heads_from")) or heads, image_bank, patch_bank
+
+    def heads_of(self, source):
+        """The heads of a paper source (a bank taught from VisA keeps VisA's heads), or None."""
+        if source not in ("visa", "mvtec") or self.settings.uses_own_files:
+            return None
+        from .loading import resolve_artefacts
+        res = resolve_artefacts(model=self.settings.model, source=source, download=self.settings.download,
+                                strict_backbone=False)
+        return Heads.load(res.paths["heads"]) if res.paths.get("heads") else None
 
     def example_images(self) -> tuple:
         """(images, masks or None, ids) of the built-in bank in assets/bank."""

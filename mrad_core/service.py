@@ -36,6 +36,7 @@ from .records import Analysis, VariantOutput, name
 from .settings import Settings
 
 log = logging.getLogger("mrad.service")
+KEPT_CUSTOM_DETECTORS = 16  # detectors of custom banks kept loaded (their files stay; a later use reloads them)
 KEPT_ENCODINGS = 8  # recent single-image encodings (about 20 MB each at full size): a re-run skips the backbone
 
 
@@ -140,6 +141,9 @@ class Service:
                     heads, image_bank, patch_bank = self.catalogue.parts(source, bank_id, self._examples_bank)
                     self._detectors[key] = Detector(backbone, heads, image_bank, patch_bank, device=self.device,
                                                     precision=self.precision, batch_size=self.settings.batch_size)
+                    custom = [k for k in self._detectors if k[0] == "custom"]
+                    for old in custom[:-KEPT_CUSTOM_DETECTORS]:  # every taught edit is a bank: keep the recent ones
+                        del self._detectors[old]
                 except MRADError as e:
                     self.set_status(f"{SOURCE_LABELS[source]} is not available")
                     raise MRADError(f"{SOURCE_LABELS[source]}: {e}") from e

@@ -63,6 +63,9 @@ def add_example(service, start, bank_id, image, mask=None, name=None, current=No
         banks = bank_edit.add_normal(image_bank, patch_bank, enc.to("cpu"), [image_id], thumbs)
     else:
         banks = bank_edit.add_defect(image_bank, patch_bank, enc.to("cpu"), [mask > 0], [image_id], thumbs)
+    if bank_id is None and start and start.get("source") in ("visa", "mvtec"):
+        for bank in banks:  # a bank taught from the paper's keeps its heads: FT and CLIP still run on it
+            bank.meta["heads_from"] = start["source"]
     new_id = service.catalogue.add_bank(banks, banks[0].source if image_bank is not None else TAUGHT_NAME)
     return new_id, image_id, _rescore(service, current, variants, new_id, calibrate)
 

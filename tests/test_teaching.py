@@ -107,3 +107,24 @@ def test_explanations_are_the_top_entries_sorted_by_weight(service, tiny_files):
     assert point["normal"] + point["anomalous"] == pytest.approx(1, abs=1e-5)
     with pytest.raises(MRADError, match="outside"):
         teaching.explain_point(service, tiny_files["images"][1], "tf", "env", None, 95, 10, 90, 120)
+
+
+def test_a_bank_taught_from_a_paper_source_keeps_its_heads(tiny_files, monkeypatch):
+    """Teaching from VisA: the new custom bank records heads_from=visa and loads VisA's heads (here the tiny heads
+    served as VisA's through the resolver), so MRAD-FT and MRAD-CLIP keep running."""
+    from mrad_core import catalogue
+    from mrad_core.bank import MemoryBank
+    from mrad_core.heads import Heads
+
+    service = Service(files={"backbone": tiny_files["backbone"]}, model=tiny_files["model"], device="cpu",
+                      precision="fp32")
+    stock = (MemoryBank.load(tiny_files["image_bank"], "image"), MemoryBank.load(tiny_files["patch_bank"], "patch"))
+    heads = Heads.load(tiny_files["heads"])
+    asked, parts = [], catalogue.Catalogue.parts
+    monkeypatch.setattr(catalogue.Catalogue, "parts", lambda self, key, bank_id, build: (
+        (heads, *stock) if key == "visa" else parts(self, key, bank_id, build)))  # VisA's files without a resolver
+    monkeypatch.setattr(catalogue.Catalogue, "heads_of", lambda self, source: asked.append(source) or heads)
+    new_id, _, _ = teaching.add_example(service, {"source": "visa"}, None, tiny_files["images"][0])
+    assert service.catalogue.bank(new_id)[0].meta["heads_from"] == "visa"
+    det = service.detector("custom", new_id)
+    assert asked == ["visa"] and det.variants == ("tf", "ft", "clip")
