@@ -6,14 +6,13 @@
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import maps
+from . import engines, maps
 from .backbone import Backbone, Encoding
 from .bank import MemoryBank
 from .config import DEFAULT, VARIANTS, MRADConfig
@@ -69,11 +68,14 @@ class Detector:
     """Holds the frozen backbone, the heads and both memory banks; all variants share one encoding."""
 
     def __init__(self, backbone: Backbone, heads: Heads | None = None, image_bank: MemoryBank | None = None,
-                 patch_bank: MemoryBank | None = None, device=None, precision: str = "fp32", batch_size: int = 8):
+                 patch_bank: MemoryBank | None = None, device=None, precision: str = "fp32", batch_size: int = 8,
+                 engine: str | None = None):
         if precision not in (*PRECISIONS, "auto"):
             raise MRADError(f"precision must be one of {', '.join(PRECISIONS)} or auto, not {precision!r}")
         self.device = resolve_device(device)
-        self.precision = fast_precision(self.device) if precision == "auto" else precision
+        if precision == "auto":  # the fastest engine (unless given) and precision inside the bounds
+            engine, precision = engines.resolve_auto(self.device, engine)
+        engine = engine or "torch"
         self.batch_size = batch_size
         self.config: MRADConfig = backbone.config
         self.backbone = backbone.to(self.device)
@@ -91,6 +93,10 @@ class Detector:
                                 f"{heads.patch_proj.fc[0].in_features} dims, the backbone gives "
                                 f"{backbone.image_dim}/{backbone.patch_dim}")
             self.heads = heads.to(self.device).eval().requires_grad_(False)
+        self.precision = precision
+        # who runs the image encoder ("torch" | "openvino"); OpenVINO releases the PyTorch vision weights
+        self.engine = engines.make_engine(engine, self.backbone, self.device)
+        self.engine.check(self.precision)
         self._ft_keys = None  # bank keys through the FT key projections, computed once
 
     @classmethod
@@ -125,12 +131,6 @@ class Detector:
         raise MRADError("MRAD-CLIP needs a checkpoint with prompt_learner and prompt_proj; "
                         "these heads hold only the MRAD-FT projections")
 
-    def _autocast(self):
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def pixels(self, images) -> torch.Tensor:
         """Image sources (paths, bytes, PIL, arrays) -> (B, 3, S, S) model input."""
         return torch.stack([preprocess(load_image(im).image, self.config.image_size) for im in images])
@@ -140,12 +140,14 @@ class Detector:
         """Images (sources, or a (B, 3, S, S) tensor of preprocessed pixels) -> Encoding, in batches."""
         pixels = images if isinstance(images, torch.Tensor) else self.pixels(images)
         out = []
-        mlp_dtype = torch.bfloat16 if self.precision == "bf16-mlp" else None
         for start in range(0, len(pixels), self.batch_size):
-            with self._autocast():
-                batch = pixels[start:start + self.batch_size].to(self.device)
-                out.append(self.backbone.encode_image(batch, mlp_dtype=mlp_dtype))
+            out.append(self.engine.encode(pixels[start:start + self.batch_size], self.precision))
         return Encoding.cat(out)
+
+    @property
+    def run_info(self) -> dict:
+        """Which engine and precision encode images (for scores.json / run.json and status lines)."""
+        return {"engine": self.engine.name, "precision": self.precision, "device": self.device.type}
 
     def _ft_bank_keys(self):
         if self._ft_keys is None:
