@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 
 from ..config import DEFAULT, VARIANTS
+from ..detector import resolve_device
+from ..engines import ENGINES, check_engine, default_engine
 from ..registry import DEFAULT_REPO, DEFAULT_REVISION, SOURCES, source_for_dataset
 
 FILE_OPTIONS = {  # option -> (environment variable, help)
@@ -36,7 +38,19 @@ def add_model_args(parser, precision_default="fp32"):
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "bf16-mlp", "auto"), default=precision_default,
                         help="backbone precision; fp32 reproduces the reference exactly; bf16-mlp runs only the MLPs "
                              "in bf16; auto picks the fastest within the accuracy bounds (default: %(default)s)")
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="who runs the image encoder: openvino (CPU; fp32 matches the reference within the parity "
+                             "bounds, and is faster) or torch [$MRAD_ENGINE] (default: openvino on a CPU where it is "
+                             "installed, else torch; with --precision auto, the fastest engine within the bounds)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
+
+
+def engine_from_args(args):
+    """--engine > $MRAD_ENGINE > (precision auto: None, resolved with it) > openvino on a CPU where installed."""
+    engine = getattr(args, "engine", None) or os.environ.get("MRAD_ENGINE") or None
+    if engine is None and getattr(args, "precision", "fp32") != "auto":
+        engine = default_engine(resolve_device(args.device))
+    return check_engine(engine) if engine else None
 
 
 def detector_from_args(args):
@@ -50,5 +64,6 @@ def detector_from_args(args):
         source = source_for_dataset(args.dataset)  # the paper's pairing: MVTec -> VisA files, VisA -> MVTec files
     return load_detector(args.backbone, args.heads, args.image_bank, args.patch_bank, model=args.model,
                          device=args.device, precision=args.precision, batch_size=args.batch_size,
+                         engine=engine_from_args(args),
                          source=source, repo_id=getattr(args, "hub_repo", None),
                          revision=getattr(args, "hub_revision", None), require=require)
