@@ -217,11 +217,49 @@ def make_engine(name: str, backbone: Backbone, device: torch.device, **kw):
     return OpenVINOEngine(backbone, **kw)
 
 
-def resolve_auto(device, engine: str | None = None) -> tuple[str, str]:
-    """`--precision auto`: (engine, precision), the fastest pair whose maps stay inside the bounds on this
-    machine, from the facts bench/bench.py recorded (AUTO_TABLE). engine given: the best precision for it."""
+FACTS = Path(__file__).with_name("engine_facts.json")  # written by `python bench/bench.py --record`
+
+
+def cpu_class() -> str:
+    """The CPU feature level that decides reduced-precision speed: amx, avx512_bf16, avx512, avx2 or other."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    for name, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return name
+    return "other"
+
+
+def recorded_facts(path: Path | None = None) -> dict:
+    """{cpu class: [{"engine", "precision", "three_variants_s", "max_abs_map_diff", "min_map_correlation",
+    "within_bounds"}, ...]}, as measured by bench/bench.py on the parity fixture; {} when none are recorded."""
+    try:
+        return json.loads(Path(path or FACTS).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def resolve_auto(device, engine: str | None = None, facts: dict | None = None) -> tuple[str, str]:
+    """`--precision auto` -> (engine, precision): the fastest pair the benchmark recorded inside the bounds (maps
+    within 1e-2 max abs and correlation >= 0.999 of fp32 on the parity fixture) for this CPU class, among the
+    engines installed (only `engine`'s precisions when one is given). On CUDA: fp16 autocast. A CPU class without
+    recorded facts gets what is exact: OpenVINO fp32 where installed, else PyTorch's measured default."""
     device = torch.device(device)
     if device.type == "cuda":
-        return (engine or "torch"), "fp16"
+        return "torch", "fp16"
+    usable = {"torch"} | ({"openvino"} if openvino_available() else set())
+    if engine is not None:
+        usable &= {check_engine(engine)}
+        if not usable:
+            _import_openvino()  # raises the clear "not installed" error
+    rows = (recorded_facts() if facts is None else facts).get(cpu_class(), [])
+    inside = [r for r in rows if r.get("within_bounds") and r["engine"] in usable]
+    if inside:
+        best = min(inside, key=lambda r: r["three_variants_s"])
+        return best["engine"], best["precision"]
+    if "openvino" in usable:
+        return "openvino", "fp32"
     from .detector import fast_precision
-    return (engine or "torch"), fast_precision(device)  # placeholder until the benchmark facts are in
+    return "torch", fast_precision(device)
