@@ -17,7 +17,7 @@ FILE_OPTIONS = {  # option -> (environment variable, help)
 }
 
 
-def add_model_args(parser, precision_default="fp32"):
+def add_model_args(parser, precision_default="fp32", engine=True):
     g = parser.add_argument_group("model files (each defaults to its environment variable)")
     for name, (env, text) in FILE_OPTIONS.items():
         g.add_argument("--" + name.replace("_", "-"), metavar="PATH", default=None,
@@ -38,18 +38,20 @@ def add_model_args(parser, precision_default="fp32"):
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "bf16-mlp", "auto"), default=precision_default,
                         help="backbone precision; fp32 reproduces the reference exactly; bf16-mlp runs only the MLPs "
                              "in bf16; auto picks the fastest within the accuracy bounds (default: %(default)s)")
-    parser.add_argument("--engine", choices=ENGINES, default=None,
-                        help="who runs the image encoder: openvino (CPU; fp32 matches the reference within the parity "
-                             "bounds, and is faster) or torch [$MRAD_ENGINE] (default: openvino on a CPU where it is "
-                             "installed, else torch; with --precision auto, the fastest engine within the bounds)")
+    if engine:  # who runs the image encoder; commands that train need PyTorch's own
+        parser.add_argument("--engine", choices=ENGINES, default=None,
+                            help="who runs the image encoder: openvino (CPU; fp32 matches the reference within the "
+                                 "parity bounds, and is faster) or torch [$MRAD_ENGINE] (default: openvino on a CPU "
+                                 "where it is installed, else torch; with --precision auto, the fastest engine within "
+                                 "the bounds)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
 
 
-def engine_from_args(args):
+def engine_from_args(args, device=None):
     """--engine > $MRAD_ENGINE > (precision auto: None, resolved with it) > openvino on a CPU where installed."""
     engine = getattr(args, "engine", None) or os.environ.get("MRAD_ENGINE") or None
     if engine is None and getattr(args, "precision", "fp32") != "auto":
-        engine = default_engine(resolve_device(args.device))
+        engine = default_engine(resolve_device(device if device is not None else args.device))
     return check_engine(engine) if engine else None
 
 
