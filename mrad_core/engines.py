@@ -208,13 +208,17 @@ class OpenVINOEngine:
 
 
 def make_engine(name: str, backbone: Backbone, device: torch.device, **kw):
-    """name ("torch" | "openvino") -> engine for this backbone on this device. Raises EngineError."""
+    """name ("torch" | "openvino") -> engine for this backbone on this device. Raises EngineError.
+    The OpenVINO engine is kept on the backbone (`backbone.openvino_engine`) and re-used by later calls."""
     check_engine(name)
     if name == "torch":
         return TorchEngine(backbone, device)
     if device.type != "cpu":
         raise EngineError(f"the OpenVINO engine runs on the CPU, not {device.type} (use --engine torch there)")
-    return OpenVINOEngine(backbone, **kw)
+    engine = getattr(backbone, "openvino_engine", None)
+    if engine is None:  # one per backbone: detectors sharing a backbone share its compiled encoder
+        engine = backbone.openvino_engine = OpenVINOEngine(backbone, **kw)
+    return engine
 
 
 FACTS = Path(__file__).with_name("engine_facts.json")  # written by `python bench/bench.py --record`

@@ -75,6 +75,9 @@ def test_vision_weights_are_released(tiny_files, tiny_config, cache):
     with pytest.raises(MRADError, match="released"):
         det.backbone.encode_image(torch.zeros(1, 3, 518, 518))
     assert set(det.predict(tiny_files["images"][:1])) == {"tf", "ft", "clip"}  # the text tower still works
+    other = Detector(det.backbone, device="cpu", engine="openvino")  # a second detector on the same backbone
+    assert other.engine is det.engine
+    assert other.encode(tiny_files["images"][:1]).image_feature.shape == (1, 32)
 
 
 def test_openvino_precisions(tiny_files, tiny_config, tiny_detector, cache):
