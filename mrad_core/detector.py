@@ -45,7 +45,8 @@ class Result:
 
 
 def fast_precision(device: torch.device) -> str:
-    """What precision `auto` means: the fastest one that keeps the maps within the bounds for a default (1e-2 max
+    """PyTorch's `auto` precision (engines.resolve_auto uses it when the benchmark recorded nothing for this CPU
+    and OpenVINO is not installed): the fastest one that keeps the maps within the bounds for a default (1e-2 max
     abs, correlation >= 0.999 of fp32 on the parity fixture; bench/bench.py measures them). On CUDA that is fp16
     autocast. On CPU, full bf16 misses the correlation bound (0.9976) while bf16 MLPs alone meet it (0.99998) at
     ~1.4x the fp32 speed; without native bf16 kernels it would only be slower, so such CPUs stay fp32."""
@@ -65,7 +66,11 @@ def resolve_device(device=None) -> torch.device:
 
 
 class Detector:
-    """Holds the frozen backbone, the heads and both memory banks; all variants share one encoding."""
+    """Holds the frozen backbone, the heads and both memory banks; all variants share one encoding.
+
+    engine: who runs the image encoder, "torch" (default) or "openvino" (CPU; converts once, caches the IR and
+    releases the PyTorch vision weights; see engines.py). precision="auto" picks the engine too unless one is given
+    (engines.resolve_auto). `run_info` says which engine and precision are in use."""
 
     def __init__(self, backbone: Backbone, heads: Heads | None = None, image_bank: MemoryBank | None = None,
                  patch_bank: MemoryBank | None = None, device=None, precision: str = "fp32", batch_size: int = 8,
