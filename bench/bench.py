@@ -132,8 +132,9 @@ def accuracy(base: dict, maps: dict, precision: str) -> dict:
 def record(pairs: list, path: Path = engines.FACTS):
     """Write this CPU class's measured pairs into the facts `--precision auto` reads."""
     facts = engines.recorded_facts(path)
-    facts[engines.cpu_class()] = [{k: r[k] for k in ("engine", "precision", "three_variants_s", "max_abs_map_diff",
-                                                     "min_map_correlation", "within_bounds")} for r in pairs]
+    keys = ("engine", "precision", "three_variants_s", "max_abs_map_diff", "min_map_correlation", "within_bounds")
+    facts[engines.cpu_class()] = [{k: float(f"{r[k]:.6g}") if isinstance(r[k], float) else r[k] for k in keys}
+                                  for r in pairs]
     path.write_text(json.dumps(facts, indent=1) + "\n")
 
 
