@@ -32,7 +32,7 @@ OUTPUTS = ("image_feature", "patch_tokens", "proj_tokens")  # the encoder's outp
 TORCH_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-mlp": None}
 # precision -> OpenVINO INFERENCE_PRECISION_HINT; the CPU plugin keeps precision-sensitive ops (softmax, norms,
 # reductions) in f32 by itself, so "bf16" there is its own mixed recipe
-OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}  # the measured ones (bench/bench.py)
 
 
 class EngineError(MRADError):
@@ -66,13 +66,14 @@ def check_engine(name: str) -> str:
     return name
 
 
-def default_engine(device: torch.device | None = None) -> str:
-    """$MRAD_ENGINE, else openvino on a CPU where it is installed (it is fp32-exact and faster), else torch."""
+def default_engine(device: torch.device | None = None, precision: str = "fp32") -> str:
+    """$MRAD_ENGINE, else openvino on a CPU where it is installed (it is fp32-exact and faster) for the precisions it
+    runs, else torch (CUDA, and PyTorch-only recipes such as bf16-mlp)."""
     env = os.environ.get("MRAD_ENGINE")
     if env:
         return check_engine(env)
     cpu = device is None or torch.device(device).type == "cpu"
-    return "openvino" if cpu and openvino_available() else "torch"
+    return "openvino" if cpu and precision in OPENVINO_HINTS and openvino_available() else "torch"
 
 
 class EncoderModule(nn.Module):
@@ -191,7 +192,7 @@ class OpenVINOEngine:
     def check(self, precision: str):
         if precision not in OPENVINO_HINTS:
             raise EngineError(f"the OpenVINO engine runs {', '.join(OPENVINO_HINTS)}, not {precision!r} "
-                              "(bf16-mlp is a PyTorch recipe: use --engine torch)")
+                              "(bf16-mlp and fp16 are PyTorch recipes: use --engine torch)")
 
     def compiled(self, precision: str):
         self.check(precision)

@@ -85,7 +85,7 @@ def test_openvino_precisions(tiny_files, tiny_config, tiny_detector, cache):
     assert det.run_info["precision"] == "bf16"
     ref = tiny_detector.predict(tiny_files["images"][:1])["tf"].map
     assert np.corrcoef(det.predict(tiny_files["images"][:1])["tf"].map.ravel(), ref.ravel())[0, 1] > 0.99
-    with pytest.raises(MRADError, match="bf16-mlp is a PyTorch recipe"):
+    with pytest.raises(MRADError, match="bf16-mlp and fp16 are PyTorch recipes"):
         _detector(tiny_files, tiny_config, engine="openvino", precision="bf16-mlp")
 
 
@@ -109,6 +109,8 @@ def test_missing_openvino_is_a_clear_error(tiny_files, tiny_config, monkeypatch,
 def test_engine_choice(monkeypatch):
     monkeypatch.delenv("MRAD_ENGINE", raising=False)
     assert engines.default_engine("cpu") == "openvino"
+    assert engines.default_engine("cpu", "bf16-mlp") == "torch"  # a PyTorch recipe: its engine
+    assert engines.default_engine("cuda") == "torch"
     monkeypatch.setenv("MRAD_ENGINE", "torch")
     assert engines.default_engine("cpu") == "torch"
     monkeypatch.setenv("MRAD_ENGINE", "tensorrt")

@@ -42,7 +42,7 @@ def add_model_args(parser, precision_default="fp32", engine=True):
         parser.add_argument("--engine", choices=ENGINES, default=None,
                             help="who runs the image encoder: openvino (CPU; fp32 matches the reference within the "
                                  "parity bounds, and is faster) or torch [$MRAD_ENGINE] (default: openvino on a CPU "
-                                 "where it is installed, else torch; with --precision auto, the fastest engine within "
+                                 "where it is installed, for fp32 and bf16, else torch; with --precision auto, the fastest engine within "
                                  "the bounds)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
 
@@ -51,7 +51,8 @@ def engine_from_args(args, device=None):
     """--engine > $MRAD_ENGINE > (precision auto: None, resolved with it) > openvino on a CPU where installed."""
     engine = getattr(args, "engine", None) or os.environ.get("MRAD_ENGINE") or None
     if engine is None and getattr(args, "precision", "fp32") != "auto":
-        engine = default_engine(resolve_device(device if device is not None else args.device))
+        engine = default_engine(resolve_device(device if device is not None else args.device),
+                                getattr(args, "precision", "fp32"))
     return check_engine(engine) if engine else None
 
 
