@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -181,9 +182,11 @@ class OpenVINOEngine:
         self.config = backbone.config
         self.xml, self.info = cached_ir(backbone, cache_dir)
         self.core = ov.Core()
-        self._compiled = {}
+        self._compiled, self._requests, self._lock = {}, {}, threading.Lock()
         t = time.perf_counter()
         self._model = self.core.read_model(self.xml)
+        size = self.config.image_size  # one image per inference: a static shape, and no batch-sized working
+        self._model.reshape([1, 3, size, size])  # memory (on a CPU larger batches are no faster: bench/bench.py)
         if release:  # the engine reads its weights from the IR: PyTorch's copy is no longer needed
             backbone.release_vision()
         self.compiled("fp32")
@@ -202,9 +205,17 @@ class OpenVINOEngine:
         return self._compiled[precision]
 
     def encode(self, pixels: torch.Tensor, precision: str = "fp32") -> Encoding:
-        request = self.compiled(precision).create_infer_request()
-        out = request.infer({0: pixels.detach().cpu().float().contiguous().numpy()}, share_inputs=True)
-        image_feature, patch_tokens, proj_tokens = (torch.from_numpy(out[i].copy()) for i in range(3))
+        """(B, 3, S, S) pixels -> Encoding, one image per inference."""
+        x = pixels.detach().cpu().float().contiguous().numpy()
+        outs = []
+        with self._lock:  # one infer request per precision (each holds ~1 GB of working memory), used in turn
+            request = self._requests.get(precision)
+            if request is None:
+                request = self._requests[precision] = self.compiled(precision).create_infer_request()
+            for i in range(len(x)):
+                out = request.infer({0: x[i:i + 1]})
+                outs.append([torch.from_numpy(out[k].copy()) for k in range(len(OUTPUTS))])
+        image_feature, patch_tokens, proj_tokens = (torch.cat(t) for t in zip(*outs))
         return encoding_from_tokens(image_feature, patch_tokens, proj_tokens, self.config.avg_kernels)
 
 
