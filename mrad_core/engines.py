@@ -46,7 +46,7 @@ def cache_root() -> Path:
 
 def openvino_available() -> bool:
     try:
-        import openvino  # noqa: F401
+        import openvino  # noqa: F401  (only whether it imports)
     except ImportError:
         return False
     return True
@@ -159,9 +159,9 @@ def cached_ir(backbone: Backbone, cache_dir: Path | None = None) -> tuple[Path, 
     try:  # write next to the cache, then move into place: never a half-written IR
         ov.save_model(model, tmp / "encoder.xml", compress_to_fp16=False)
         del model
-        (tmp / "meta.json").write_text(json.dumps({"weights": backbone.weights_path, "model": backbone.config.model_name,
-                                                   "image_size": backbone.config.image_size,
-                                                   "openvino": ov.__version__, "outputs": OUTPUTS}, indent=1))
+        meta = {"weights": backbone.weights_path, "model": backbone.config.model_name,
+                "image_size": backbone.config.image_size, "openvino": ov.__version__, "outputs": OUTPUTS}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             tmp.rename(directory)
         except OSError:  # another process won the race: use its copy

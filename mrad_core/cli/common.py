@@ -42,8 +42,8 @@ def add_model_args(parser, precision_default="fp32", engine=True):
         parser.add_argument("--engine", choices=ENGINES, default=None,
                             help="who runs the image encoder: openvino (CPU; fp32 matches the reference within the "
                                  "parity bounds, and is faster) or torch [$MRAD_ENGINE] (default: openvino on a CPU "
-                                 "where it is installed, for fp32 and bf16, else torch; with --precision auto, the fastest engine within "
-                                 "the bounds)")
+                                 "where it is installed, for fp32 and bf16, else torch; with --precision auto, the "
+                                 "fastest engine within the bounds)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
 
 

@@ -90,7 +90,8 @@ def export(fmt: str, out, backbone_path=None, model=None) -> list[Path]:
         "outputs": {n: {"shape": shape, "dtype": "float32"} for n, shape in zip(OUTPUTS, (
             ["B", e], ["B", g * g, w], ["B", g * g, e]))},
         "preprocessing": {"color": "RGB", "resize": [s, s], "interpolation": "bicubic",
-                          "keep_aspect_ratio": False, "scale": "1/255", "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
+                          "keep_aspect_ratio": False, "scale": "1/255", "mean": list(OPENAI_MEAN),
+                          "std": list(OPENAI_STD)},
         "postprocessing": "neighbour-average patch_tokens / proj_tokens on the grid (mean of 1x1, 3x3, 5x5 "
                           "stride-1 average pools, zero padding counted), L2-normalise, then MRAD's retrieval "
                           "heads (mrad_core.detector.Detector.score)",
