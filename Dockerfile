@@ -1,13 +1,18 @@
 # MRAD app image, following the Hugging Face Spaces Docker conventions:
 # non-root user with uid 1000, HF_HOME in a writable directory, Gradio on 0.0.0.0:7860.
 #   docker build -t mrad .                       # CPU (torch from the PyTorch CPU index)
-#   docker build -t mrad --build-arg DEVICE=cuda .   # CUDA (PyPI torch wheels bundle the CUDA runtime)
+#   docker build -t mrad --build-arg DEVICE=cuda .   # CUDA (PyPI torch wheels bundle the CUDA 13 runtime: driver >= 580)
+#   docker build -t mrad --build-arg DEVICE=cuda --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+#                                                    # CUDA 12 wheels, for older drivers (T4/L4 hosts, many clouds)
 #   docker run -p 7860:7860 [--gpus all] -v $PWD/checkpoints:/home/user/app/checkpoints -v $PWD/cache:/home/user/app/cache mrad
 # On a Space, set the variable DEVICE=cuda for GPU hardware (Space variables are passed as build args).
 FROM python:3.11-slim
 
 ARG DEVICE=cpu
-# PRELOAD=1 downloads the backbone, heads and banks into the image at build time (Hub access needed then)
+# CUDA builds: a wheel index for torch/torchvision (empty = PyPI's CUDA 13 build, which needs NVIDIA driver >= 580)
+ARG TORCH_INDEX=
+# PRELOAD=1 downloads the backbone (Hub) and the VisA heads and banks (the authors' Google Drive, or MRAD_HUB_REPO)
+# into the image at build time (network access needed then)
 ARG PRELOAD=0
 
 ENV PYTHONUNBUFFERED=1 \
@@ -35,7 +40,8 @@ COPY --chown=user requirements.txt .
 RUN case "$DEVICE" in \
       cpu) grep -E '^(torch|torchvision)==' requirements.txt \
              | xargs pip install --user --index-url https://download.pytorch.org/whl/cpu ;; \
-      cuda) ;; \
+      cuda) if [ -n "$TORCH_INDEX" ]; then grep -E '^(torch|torchvision)==' requirements.txt \
+             | xargs pip install --user --index-url "$TORCH_INDEX"; fi ;; \
       *) echo "DEVICE must be cpu or cuda, not $DEVICE" >&2; exit 1 ;; \
     esac \
     && pip install --user -r requirements.txt

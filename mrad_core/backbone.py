@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DEFAULT, MRADConfig
-from .errors import MRADError
+from .errors import MRADError, first_line
 
 
 class WeightsError(MRADError):
@@ -105,7 +105,7 @@ def load_clip(weights=None, config: MRADConfig = DEFAULT):
         return open_clip.create_model(config.model_name, pretrained=str(path))
     except Exception as e:  # open_clip raises RuntimeError/KeyError/pickle errors for foreign files
         raise WeightsError(f"backbone weights {path} cannot be loaded as {config.model_name} "
-                           f"(OpenAI/open_clip parameter names expected): {str(e).splitlines()[0][:300]}") from e
+                           f"(OpenAI/open_clip parameter names expected): {first_line(e, 300)}") from e
 
 
 class Backbone(nn.Module):

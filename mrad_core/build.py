@@ -23,23 +23,27 @@ from . import __version__
 from .bank import BankBuilder, MemoryBank, one_hot
 from .datasets import RecordDataset, record_id
 from .distributed import Shard, broadcast_flags, rounds, run_rounds
+from .images import THUMBNAIL_SIZE, thumbnails_from_pixels
 
 IMAGE_BANK, PATCH_BANK = "image_bank.safetensors", "patch_bank.safetensors"
 MANIFEST = "manifest.json"
 
 
 def spec(image_dim: int, patch_dim: int) -> dict:
-    """Rows gathered per round: image entries (one per image), patch entries (one or two per image)."""
-    f, i = torch.float32, torch.int64
+    """Rows gathered per round: image entries (one per image, with a thumbnail), patch entries (one or two per
+    image, with the index of their image)."""
+    f, i, t = torch.float32, torch.int64, THUMBNAIL_SIZE
     return {"image_keys": ((image_dim,), f), "image_labels": ((), i), "index": ((), i),
-            "patch_keys": ((patch_dim,), f), "patch_labels": ((), i)}
+            "thumbnails": ((t, t, 3), torch.uint8),
+            "patch_keys": ((patch_dim,), f), "patch_labels": ((), i), "patch_owner": ((), i)}
 
 
 def fingerprint(ids, records, detector, chunk: int, backbone: str = "") -> str:
     """What the saved partial entries depend on: samples, labels, masks, model, backbone, chunking."""
     blob = json.dumps({"ids": ids, "labels": [r.anomaly for r in records], "masks": [r.mask for r in records],
                        "model": detector.config.model_name, "size": detector.config.image_size,
-                       "backbone": backbone, "precision": detector.precision, "chunk": chunk})
+                       "backbone": backbone, "precision": detector.precision, "chunk": chunk,
+                       "layout": 2})  # 2: parts hold thumbnails and patch owners
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -50,7 +54,8 @@ def _entries(detector, batch) -> dict:
     builder.add(enc, batch["label"], batch["mask"])
     image, patch = builder.build()
     return {"image_keys": image.keys, "image_labels": image.labels, "index": batch["index"],
-            "patch_keys": patch.keys, "patch_labels": patch.labels}
+            "thumbnails": thumbnails_from_pixels(batch["pixels"]),
+            "patch_keys": patch.keys, "patch_labels": patch.labels, "patch_owner": batch["index"][patch.owner]}
 
 
 def _prepare_work_dir(work_dir: Path, fp: str, n_chunks: int, log) -> list[bool]:
@@ -124,8 +129,9 @@ def build_banks(detector, records, root, *, source: str, batch_size: int = 8, wo
             "model": detector.config.model_name, "built_with": f"mrad_core {__version__} (mrad build-bank)",
             **(extra_meta or {})}
     cat = {k: torch.cat([p[k] for p in allp]) for k in sp}
-    image = MemoryBank(cat["image_keys"], one_hot(cat["image_labels"]), "image", dict(meta))
-    patch = MemoryBank(cat["patch_keys"], one_hot(cat["patch_labels"]), "patch", dict(meta))
+    image = MemoryBank(cat["image_keys"], one_hot(cat["image_labels"]), "image", dict(meta),
+                       thumbnails=cat["thumbnails"])
+    patch = MemoryBank(cat["patch_keys"], one_hot(cat["patch_labels"]), "patch", dict(meta), cat["patch_owner"])
     return image, patch
 
 

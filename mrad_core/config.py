@@ -1,5 +1,4 @@
 """The constants of the MRAD method, in one place (see ../shared/parity/README.md for their meaning)."""
-import os
 from dataclasses import dataclass
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -11,9 +10,9 @@ VARIANTS = ("tf", "ft", "clip")
 class MRADConfig:
     """Everything MRAD fixes about the computation. Defaults are the paper's."""
 
-    # open_clip model name or a path to an open_clip model config .json (MRAD_MODEL overrides).
-    # QuickGELU matters: the plain ViT-L-14-336 config uses GELU and gives different features.
-    model_name: str = os.environ.get("MRAD_MODEL", "ViT-L-14-336-quickgelu")
+    # open_clip model name or a path to an open_clip model config .json (the CLI's --model / MRAD_MODEL and the
+    # app's settings replace it). QuickGELU matters: the plain ViT-L-14-336 config uses GELU and gives other features.
+    model_name: str = "ViT-L-14-336-quickgelu"
     pretrained: str = "openai"
     image_size: int = 518  # input side; the 37x37 patch grid follows from the 14 px patches
     retrieval_temperature: float = 1.0  # tau of softmax(Q K^T / tau) V

@@ -39,6 +39,7 @@ import torch
 
 from .errors import MRADError
 from .images import load_image, load_mask, preprocess
+from .files import write_text
 
 DATASETS = ("mvtec", "visa", "mpdd", "btad", "dtd", "headct", "brainmri", "br35h", "clinicdb", "colondb",
             "kvasir", "isic", "endo")
@@ -241,9 +242,7 @@ def write_meta(name: str, root, out=None) -> Path:
     root = Path(root)
     data = to_meta(scan(name, root), root)
     out = Path(out) if out else root / "meta.json"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=4) + "\n")
-    os.replace(tmp, out)
+    write_text(out, json.dumps(data, indent=4) + "\n")
     return out
 
 

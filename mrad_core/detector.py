@@ -6,7 +6,10 @@
 """
 from __future__ import annotations
 
+import copy
+import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,8 +20,9 @@ from .backbone import Backbone, Encoding
 from .bank import MemoryBank
 from .config import DEFAULT, VARIANTS, MRADConfig
 from .errors import MRADError
-from .heads import Heads, clip_patch_probs, regional_prior, retrieve
+from .heads import Heads, clip_patch_probs, regional_prior
 from .images import load_image, preprocess
+from .retrieval import retrieve_any
 
 # name -> autocast dtype of the whole backbone; "bf16-mlp" runs only the backbone's MLPs in bf16
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-mlp": None}
@@ -33,6 +37,7 @@ class Result:
     image_prob: np.ndarray  # (B,)   image-level retrieval probability of "anomalous"
     patch_map: np.ndarray  # (B, g, g) raw patch anomaly probabilities on the 37x37 grid
     map: np.ndarray  # (B, S, S)     smoothed anomaly map at 518x518, float32
+    map_top: np.ndarray  # (B,)      mean of the top 1 % of the smoothed map (the score's map part)
     extras: dict = field(default_factory=dict)  # seg_probs (B, N, 2); CLIP: prior, text_features (B, 2, E)
 
     def __len__(self):
@@ -56,13 +61,54 @@ def fast_precision(device: torch.device) -> str:
     return "bf16-mlp" if supported is not None and supported() else "fp32"
 
 
+def gpu_present() -> bool:
+    """The machine has an NVIDIA GPU and driver (whether or not this torch build can use it)."""
+    return Path("/proc/driver/nvidia/version").is_file() or bool(os.environ.get("NVIDIA_VISIBLE_DEVICES", "")
+                                                                     .strip() not in ("", "void", "none"))
+
+
+def torch_report() -> str:
+    """torch, its CUDA build and the driver: one line for the start-up log."""
+    driver = ""
+    try:
+        driver = Path("/proc/driver/nvidia/version").read_text().split("Kernel Module")[1].split()[0]
+    except (OSError, IndexError):
+        pass
+    cuda = torch.version.cuda or "none (CPU build)"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none usable"
+    return f"torch {torch.__version__}, CUDA build {cuda}, NVIDIA driver {driver or 'not found'}, GPU {gpu}"
+
+
 def resolve_device(device=None) -> torch.device:
+    """None/"auto" -> CUDA when usable, else CPU; but never a silent CPU fallback on a machine that has a GPU
+    (e.g. a torch built for a newer CUDA than the driver supports): that is an error naming the versions."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if gpu_present():
+            raise MRADError(f"this machine has an NVIDIA GPU but torch cannot use it ({torch_report()}); install a "
+                            "torch build for the driver's CUDA version (e.g. the CUDA 12 wheels from "
+                            "download.pytorch.org/whl/cu126), or choose the CPU explicitly with --device cpu / "
+                            "MRAD_DEVICE=cpu")
+        return torch.device("cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise MRADError("--device cuda was asked for, but no CUDA device is available (use --device cpu)")
+        raise MRADError(f"--device {device} was asked for, but torch cannot use a CUDA device ({torch_report()}); "
+                        "use --device cpu")
     return device
+
+
+def check_precision(precision: str, device: torch.device):
+    """bf16 needs native support: GPUs before Ampere (T4: compute capability 7.5) only emulate it, slowly."""
+    if device.type == "cuda" and precision in ("bf16", "bf16-mlp") and torch.cuda.get_device_capability(device) < (8, 0):
+        raise MRADError(f"precision {precision} needs a GPU with native bf16 (compute capability 8.0+, e.g. A10G, "
+                        f"L4, A100); {torch.cuda.get_device_name(device)} has none: use fp16 or auto")
+
+
+def synchronize(device: torch.device):
+    """Wait for queued GPU work, so that a clock read after it measures it (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class Detector:
@@ -81,6 +127,11 @@ class Detector:
         if precision == "auto":  # the fastest engine (unless given) and precision inside the bounds
             engine, precision = engines.resolve_auto(self.device, engine)
         engine = engine or "torch"
+        check_precision(precision, self.device)
+        if self.device.type == "cuda" and precision == "fp32":
+            # reproducible fp32: TF32 matmuls/convolutions round inputs to 10 mantissa bits and miss the parity bars
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         self.batch_size = batch_size
         self.config: MRADConfig = backbone.config
         self.backbone = backbone.to(self.device)
@@ -160,22 +211,42 @@ class Detector:
                              self.heads.patch_proj.fc[1](self.patch_bank.keys))
         return self._ft_keys
 
+    def with_banks(self, image_bank: MemoryBank, patch_bank: MemoryBank) -> "Detector":
+        """The same backbone and heads (shared, not copied) with other banks, e.g. after `bank_edit.add_*`."""
+        if image_bank is None or patch_bank is None:
+            raise MRADError("a detector needs both banks (an empty bank cannot be scored with: add a normal and an "
+                            "anomalous image first)")
+        other = copy.copy(self)
+        image_bank = image_bank.check(self.backbone.image_dim, "image bank").to(self.device)
+        patch_bank = patch_bank.check(self.backbone.patch_dim, "patch bank").to(self.device)
+        other.image_bank, other.patch_bank, other._ft_keys = image_bank, patch_bank, None
+        other.banks_edited = True  # the banks are no longer the files in `delivery` (profile.setup_identity)
+        return other
+
+    @torch.inference_mode()
+    def retrieval_inputs(self, encoding: Encoding, variant: str):
+        """What the variant's two retrievals read: ((image query (B, E'), keys (M, E'), values (M, 2)),
+        (patch queries (B, N, E'), keys (P, E'), values (P, 2))). TF: normalised features against the bank keys;
+        FT and CLIP: both through the FT query / key projections."""
+        enc = encoding.to(self.device)
+        feat = F.normalize(enc.image_feature, dim=-1)
+        patches = F.normalize(enc.patch_avg, dim=-1)
+        ib, pb = self.image_bank, self.patch_bank
+        if variant == "tf":
+            return (feat, ib.keys, ib.values), (patches, pb.keys, pb.values)
+        image_keys, patch_keys = self._ft_bank_keys()
+        return ((self.heads.image_proj.mlp1(feat), image_keys, ib.values),
+                (self.heads.patch_proj.fc[0](patches), patch_keys, pb.values))
+
     @torch.inference_mode()
     def score(self, encoding: Encoding, variant: str) -> Result:
         """Score an encoding with one variant ("tf", "ft" or "clip")."""
         self.require(variant)
         cfg = self.config
         enc = encoding.to(self.device)
-        feat = F.normalize(enc.image_feature, dim=-1)
-        patches = F.normalize(enc.patch_avg, dim=-1)
-        ib, pb, tau = self.image_bank, self.patch_bank, cfg.retrieval_temperature
-        if variant == "tf":
-            img = retrieve(feat, ib.keys, ib.values, tau)
-            seg = retrieve(patches, pb.keys, pb.values, tau)
-        else:
-            image_keys, patch_keys = self._ft_bank_keys()
-            img = retrieve(self.heads.image_proj.mlp1(feat), image_keys, ib.values, tau)
-            seg = retrieve(self.heads.patch_proj.fc[0](patches), patch_keys, pb.values, tau)
+        tau = cfg.retrieval_temperature
+        (iq, ik, iv), (pq, pk, pv) = self.retrieval_inputs(enc, variant)
+        img, seg = retrieve_any(iq, ik, iv, tau), retrieve_any(pq, pk, pv, tau)  # chunked for large banks
         extras = {"seg_probs": seg}
         patch_map = seg[..., 1]
         if variant == "clip":
@@ -188,10 +259,11 @@ class Detector:
         full = maps.upsample(patch_map.float(), cfg.image_size).cpu().numpy()
         smoothed = maps.smooth(full, cfg.smoothing_sigma)
         image_prob = img[:, 1].float().cpu().numpy()
-        score = maps.image_score(smoothed, image_prob, cfg.top_fraction, cfg.image_weight)
+        top = maps.top_mean(smoothed, cfg.top_fraction)
+        score = maps.image_score(top, image_prob, cfg.image_weight)
         g = self.backbone.grid
         return Result(variant, score, image_prob, patch_map.float().cpu().numpy().reshape(-1, g, g), smoothed,
-                      {k: v.float().cpu().numpy() for k, v in extras.items()})
+                      top.astype(np.float32), {k: v.float().cpu().numpy() for k, v in extras.items()})
 
     def predict(self, images, variants=VARIANTS) -> dict:
         """Encode once, score with every requested variant: {variant: Result}."""

@@ -44,12 +44,17 @@ def setup(device=None) -> tuple[Shard, str | None]:
     if world <= 1:
         return Shard(), device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":  # like no device: each rank then takes its own GPU, not cuda:0 for all
+        device = None
     use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=TIMEOUT)
+        if use_cuda:  # binds the group to this rank's GPU (nccl needs it for barriers)
+            dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device(device))
+        else:
+            dist.init_process_group("gloo", timeout=TIMEOUT)
     comm = torch.device(device) if use_cuda else torch.device("cpu")
     return Shard(dist.get_rank(), dist.get_world_size(), local_rank, comm), device
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from .datasets import RecordDataset
 from .distributed import Shard, rounds, run_rounds
+from .files import atomic, write_text
 from .images import load_image
 from .metrics import METRICS, TITLES, class_metrics, mean_metrics
 
@@ -62,16 +62,20 @@ def overlay(image_path, amap: np.ndarray, mask: np.ndarray) -> Image.Image:
 
 
 def evaluate(detector, records, variants, *, batch_size: int = 8, workers: int = 0, shard: Shard = Shard(),
-             progress: bool = True, overlay_dir=None, overlays: int = 0):
+             progress: bool = True, overlay_dir=None, overlays: int = 0, on_class=None, on_progress=None):
     """-> (rank 0) {"metrics": {variant: {"classes": {cls: {metric: value, n_images, n_anomalous}},
     "mean": {metric: value}}}, "images": [{"path", "cls_name", "label", "scores": {variant: score}}]};
-    None on the other ranks. Metric values are fractions (NaN where undefined)."""
+    None on the other ranks. Metric values are fractions (NaN where undefined).
+
+    Rank 0 calls `on_class(cls, records, labels (n,), scores (n, V), masks (n, S, S) uint8, maps (n, V, S, S))`
+    once per class while its maps are in memory (plots, galleries), and `on_progress(done, total)` after each
+    batch."""
     for v in variants:
         detector.require(v)
     size = detector.config.image_size
     sp = _spec(len(variants), size)
     per_class = {v: {} for v in variants}
-    images = []
+    images, done = [], 0
     bar = tqdm(total=len(records), unit="image", desc="mrad eval", disable=not (progress and shard.main))
     for cls, members in group_by_class(records).items():
         subset = [records[i] for i in members]
@@ -88,11 +92,16 @@ def evaluate(detector, records, variants, *, batch_size: int = 8, workers: int =
             labels[idx], scores[idx] = rows["label"].numpy(), rows["score"].numpy()
             maps[idx], masks[idx] = rows["map"].numpy(), rows["mask"].numpy()
             bar.update(len(idx))
+            done += len(idx)
+            if on_progress is not None:
+                on_progress(done, len(records))
         if not shard.main:
             continue
         for j, v in enumerate(variants):
             m = class_metrics(labels, scores[:, j], masks, maps[:, j])
             per_class[v][cls] = {**m, "n_images": n, "n_anomalous": int(labels.sum())}
+        if on_class is not None:
+            on_class(cls, subset, labels, scores, masks, maps)
         for i, r in enumerate(subset):
             images.append({"path": r.image, "cls_name": cls, "label": int(labels[i]),
                            "scores": {v: float(scores[i, j]) for j, v in enumerate(variants)}})
@@ -110,7 +119,13 @@ def evaluate(detector, records, variants, *, batch_size: int = 8, workers: int =
 
 
 def _pct(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+    """Fraction -> percent with one decimal; "-" when undefined; a tiny negative value shows as 0.0, not -0.0."""
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{round(100 * x, 1) + 0.0:.1f}"
+
+
+def _fixed(x) -> str:
+    """Fraction -> 6 decimals for the CSV, without a negative zero."""
+    return f"{round(float(x), 6) + 0.0:.6f}"
 
 
 def format_table(variant_metrics: dict, title: str) -> str:
@@ -133,36 +148,28 @@ def _nan_to_none(x):
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(report: dict, out_dir, info: dict) -> list[Path]:
     """OUT/metrics.json (info + metrics, NaN as null), OUT/metrics.csv (one row per variant and class, and the
     mean), OUT/scores.csv (per image) and OUT/table.md (the printed tables)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = report["metrics"]
-    _atomic_write(out / "metrics.json", json.dumps(_nan_to_none({**info, "metrics": metrics}), indent=1) + "\n")
+    write_text(out / "metrics.json", json.dumps(_nan_to_none({**info, "metrics": metrics}), indent=1) + "\n")
     rows = [["variant", "class", "n_images", "n_anomalous", *METRICS]]
     for v, vm in metrics.items():
         for cls, m in vm["classes"].items():
-            rows.append([v, cls, m["n_images"], m["n_anomalous"], *(f"{m[k]:.6f}" for k in METRICS)])
-        rows.append([v, "mean", "", "", *(f"{vm['mean'][k]:.6f}" for k in METRICS)])
+            rows.append([v, cls, m["n_images"], m["n_anomalous"], *(_fixed(m[k]) for k in METRICS)])
+        rows.append([v, "mean", "", "", *(_fixed(vm['mean'][k]) for k in METRICS)])
     variants = list(metrics)
     srows = [["path", "class", "label", *(f"score_{v}" for v in variants)]]
     srows += [[im["path"], im["cls_name"], im["label"], *(f"{im['scores'][v]:.6f}" for v in variants)]
               for im in report["images"]]
     paths = []
     for name, table in (("metrics.csv", rows), ("scores.csv", srows)):
-        tmp = out / f".{name}.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic(out / name) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(table)
-        os.replace(tmp, out / name)
         paths.append(out / name)
     tables = "\n\n".join(format_table(vm, f"MRAD-{v.upper()} on {info.get('dataset', '?')}")
                          for v, vm in metrics.items())
-    _atomic_write(out / "table.md", tables + "\n")
+    write_text(out / "table.md", tables + "\n")
     return [out / "metrics.json", *paths, out / "table.md"]

@@ -14,10 +14,9 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .errors import MRADError
+from .errors import MRADError, first_line
 
 GROUPS = ("image_proj", "patch_proj", "prompt_proj", "prompt_learner")
 FT_GROUPS = ("image_proj", "patch_proj")
@@ -149,7 +148,7 @@ class Heads(nn.Module):
         except HeadsError as e:
             raise HeadsError(f"heads {path}: {e}" if str(path) not in str(e) else str(e)) from None
         except Exception as e:
-            raise HeadsError(f"heads {path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+            raise HeadsError(f"heads {path}: cannot be read ({first_line(e)})") from e
 
     def save(self, path, **meta):
         from safetensors.torch import save_file

@@ -3,10 +3,14 @@
 Order for heads and banks (an explicit path or MRAD_* variable is handled by loading.py before this):
   1. the project: <root>/checkpoints/ (heads) or <root>/cache/ (banks), our safetensors name or the official one;
   2. the Hugging Face cache (HF_HOME / HF_HUB_CACHE), for the registry's repo and revision;
-  3. `hf_hub_download` from MRAD_HUB_REPO at MRAD_HUB_REVISION (only now, with huggingface_hub's progress bar).
+  3. the authors' files already fetched from Drive and converted, in $MRAD_CACHE_DIR/drive (drive.py);
+  4. `hf_hub_download` from the Hub mirror MRAD_HUB_REPO at MRAD_HUB_REVISION, only when a mirror is configured
+     (registry.Artefact.mirror), with huggingface_hub's progress bar;
+  5. the authors' file from Google Drive by file id (drive.py), verified against the registry's sha256.
 Every file is checked (size, sha256) on first use; the digest is cached by (path, size, mtime) in
 $MRAD_CACHE_DIR/verified.json (default ~/.cache/mrad). Failures become one HubError that says what was looked
-for, where, why it failed and what to do. The backbone goes through open_clip's own Hub mechanism.
+for, where, why it failed and what to do. The backbone goes through open_clip's own Hub mechanism. Downloads
+are announced in progress.py (the app shows them).
 """
 from __future__ import annotations
 
@@ -19,8 +23,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MRADError
-from .registry import BACKBONE, Artefact
+from .errors import MRADError, first_line
+from .registry import BACKBONE, BACKBONE_SIZE, Artefact
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 FLAGS = {"heads": "--heads / MRAD_HEADS", "image_bank": "--image-bank / MRAD_IMAGE_BANK",
@@ -40,7 +44,8 @@ class HubError(MRADError):
 
 @dataclass(frozen=True)
 class Resolved:
-    """Where an artefact was found: origin is explicit | environment | project | hf-cache | hub."""
+    """Where an artefact was found: origin is explicit | environment | project | hf-cache | drive-cache | hub |
+    drive."""
 
     artefact: Artefact
     path: str
@@ -168,7 +173,7 @@ def reason(exc: BaseException, repo: str, revision: str, filename: str) -> str:
     if transport is not None or first(E.LocalEntryNotFoundError):
         return (f"the Hub at {constants.ENDPOINT} could not be reached ({transport or 'no connection'}); check "
                 f"the network, or set HF_HUB_OFFLINE=1 and provide the file locally")
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return first_line(exc)
 
 
 def not_found(art: Artefact, why: str, roots=None) -> HubError:
@@ -183,13 +188,19 @@ def not_found(art: Artefact, why: str, roots=None) -> HubError:
     dirs = [str(Path(r) / art.local_dir) for r in (roots or project_dirs())] if art.local_dir else []
     names = " or ".join(art.local_names) or art.filename
     looked = f"looked for {names} in {', '.join(dirs)}, then for " if dirs else "looked for "
-    place = f"place {art.local_names[-1] if art.local_names else art.filename} (the authors' file) or {art.filename} " \
-            f"in {dirs[0]}/; or " if dirs else ""
+    link = f" from {art.official.link}" if art.official else ""
+    place = f"place {art.local_names[-1] if art.local_names else art.filename} (the authors' file{link}) or " \
+            f"{art.filename} in {dirs[0]}/; or " if dirs else ""
+    if art.mirror:
+        where = (f"{art.repo}@{art.rev}/{art.filename} in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                 f"on the Hub")
+    else:  # no mirror: the authors' file from Drive, converted in MRAD_CACHE_DIR
+        from .drive import cache_dir
+        where = f"{art.filename} in {cache_dir()} (no Hub mirror is set)"
     return HubError(
-        f"{art.label} is not available: {looked}{art.repo}@{art.rev}/{art.filename} in the Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}) and on the Hub: {why}. To fix: {place}run `mrad fetch-official` (downloads "
-        f"the authors' files into checkpoints/ and cache/); or set MRAD_HUB_REPO (and MRAD_HUB_REVISION) to a Hub "
-        f"repo that has {art.filename}; or give a path with {FLAGS[art.kind]}.", why)
+        f"{art.label} is not available: {looked}{where}: {why}. To fix: {place}run `mrad fetch-official` (downloads "
+        f"the authors' files from Google Drive into checkpoints/ and cache/); or set MRAD_HUB_REPO (and "
+        f"MRAD_HUB_REVISION) to a Hub repo that has {art.filename}; or give a path with {FLAGS[art.kind]}.", why)
 
 
 # ---------------------------------------------------------------- resolution
@@ -211,13 +222,14 @@ def find_in_cache(art: Artefact, filename: str | None = None):
 
 def _probe(repo, filename, revision):
     """Fail fast when the Hub cannot be reached: one HEAD request without huggingface_hub's retry loop (which
-    waits ~25 s per file when there is no network). HTTP answers are left to hf_hub_download to report."""
+    waits ~25 s per file when there is no network). HTTP answers are left to hf_hub_download to report.
+    Returns the file's size when the Hub said it, else None."""
     import httpx2
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     try:
-        get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), retry_on_errors=False)
+        return get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), retry_on_errors=False).size
     except (httpx2.TransportError, OfflineModeIsEnabled):
         raise
     except HfHubHTTPError as e:
@@ -225,15 +237,28 @@ def _probe(repo, filename, revision):
             raise
     except Exception:  # e.g. missing metadata headers: hf_hub_download says it its own way
         pass
+    return None
+
+
+def partial_bytes(repo: str):
+    """A probe for progress.track: bytes in huggingface_hub's partial downloads (blobs/*.incomplete) of a repo."""
+    from huggingface_hub import constants
+
+    blobs = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "blobs"
+    return lambda: sum(p.stat().st_size for p in blobs.glob("*.incomplete")) if blobs.is_dir() else 0
 
 
 def download(art: Artefact, roots=None) -> str:
     """hf_hub_download into the HF cache (huggingface_hub's progress bar); HubError with the reason on failure."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
+
+    from . import progress
 
     try:
-        _probe(art.repo, art.filename, art.rev)
-        return hf_hub_download(art.repo, art.filename, revision=art.rev)
+        size = _probe(art.repo, art.filename, art.rev)
+        with progress.track(art.label, art.filename, f"{constants.ENDPOINT}/{art.repo}", size,
+                            done=partial_bytes(art.repo), bar=False):
+            return hf_hub_download(art.repo, art.filename, revision=art.rev)
     except Exception as e:  # huggingface_hub errors, OSError, httpx2 transport errors
         raise not_found(art, reason(e, art.repo, art.rev, art.filename), roots) from e
 
@@ -267,21 +292,72 @@ def unreachable(exc: BaseException) -> str | None:
     return None
 
 
+def _authors_check(art: Artefact, path) -> str:
+    """An authors' file in the project: checked against the registry's table of their digests."""
+    from . import drive
+
+    if art.official is None:
+        return "unverified (the authors' file; no published digest)"
+    ok = drive.accepted(art.official)
+    actual = file_sha256(path)
+    if actual not in ok:
+        raise HubError(f"{art.label}: {path} is not the authors' {art.official.name}: its sha256 is {actual} but "
+                       f"{art.official.sha256} is expected (the registry's table). To fix: delete it and run again "
+                       f"(it is then downloaded from Google Drive), or accept this copy with "
+                       f"MRAD_ACCEPT_DIGESTS={actual}.")
+    return "sha256 verified (the authors' digest)" if actual == art.official.sha256 else \
+        "sha256 accepted (MRAD_ACCEPT_DIGESTS)"
+
+
 def resolve(art: Artefact, roots=None, allow_download: bool = True, no_download_reason: str = NO_DOWNLOAD) -> Resolved:
-    """Project dir -> HF cache -> Hub, verified. Raises HubError (not found / cannot download / corrupt)."""
+    """Project dir -> HF cache -> converted Drive files -> Hub mirror -> Google Drive, verified.
+    Raises HubError (not found / cannot download / corrupt)."""
+    from . import drive
+
     local = find_in_project(art, roots)
     if local is not None:
         ours = local.name == art.filename  # registry digests describe our file, not the authors' original
-        check = verify(local, art.label, art.sha256 if ours else None, art.size if ours else None, _fix(art, local))
-        return Resolved(art, str(local), "project", check if ours else "unverified (the authors' file; no "
-                                                                         "published digest)")
+        if not ours:
+            return Resolved(art, str(local), "project", _authors_check(art, local))
+        return Resolved(art, str(local), "project", verify(local, art.label, art.sha256, art.size, _fix(art, local)))
     cached = find_in_cache(art)
     if cached is not None:
         return Resolved(art, cached, "hf-cache", verify(cached, art.label, art.sha256, art.size, _fix(art, cached)))
+    fetched = drive.converted(art)
+    if fetched is not None:
+        return Resolved(art, str(fetched), "drive-cache", f"converted from the authors' {art.official.name} "
+                                                           f"(sha256 verified when downloaded)")
     if not allow_download:
         raise not_found(art, no_download_reason, roots)
-    path = download(art, roots)
-    return Resolved(art, path, "hub", verify(path, art.label, art.sha256, art.size, _fix(art, path)))
+    use_drive = art.official is not None and drive.url_template() is not None
+    hub_error = None
+    if art.mirror:
+        try:
+            path = download(art, roots)
+        except HubError as e:
+            if not use_drive:
+                raise
+            hub_error = e
+        else:
+            return Resolved(art, path, "hub", verify(path, art.label, art.sha256, art.size, _fix(art, path)))
+    if not use_drive:
+        why = "HF_HUB_OFFLINE=1 is set (no download from a Hub mirror or Google Drive)" if _offline() else \
+            "no Hub mirror is configured (MRAD_HUB_REPO)" + (" and Google Drive downloads are off (MRAD_DRIVE_URL=off)"
+                                                             if art.official else "")
+        raise not_found(art, why, roots)
+    try:
+        path = drive.ensure(art, roots)
+    except drive.DriveError as e:
+        if hub_error is None:
+            raise
+        raise drive.DriveError(f"{e} (The Hub mirror was tried first: {hub_error.why or hub_error}.)", e.why) from e
+    return Resolved(art, str(path), "drive", f"the authors' {art.official.name} from Google Drive, sha256 verified, "
+                                             f"converted to safetensors")
+
+
+def _offline() -> bool:
+    from .drive import offline
+    return offline()
 
 
 def backbone_weights(model_name: str, pretrained: str = "openai", allow_download: bool = True) -> str | None:
@@ -303,9 +379,19 @@ def backbone_weights(model_name: str, pretrained: str = "openai", allow_download
             return cached
     if not allow_download:
         raise not_found(art, NO_DOWNLOAD)
+    from huggingface_hub import constants
+
+    from . import progress
     try:
-        _probe(repo, names[0], "main")
-        path = download_pretrained(cfg)
+        sizes = {}
+        for name in names:  # the file open_clip will take (the first that exists) and its size
+            sizes[name] = _probe(repo, name, "main")
+            if sizes[name]:
+                break
+        name = next((n for n, size in sizes.items() if size), names[-1])
+        with progress.track("the CLIP backbone" + ("" if sizes.get(name) else f" ({BACKBONE_SIZE})"), name,
+                            f"{constants.ENDPOINT}/{repo}", sizes.get(name), done=partial_bytes(repo), bar=False):
+            path = download_pretrained(cfg)
     except Exception as e:  # open_clip wraps huggingface_hub's errors; the cause is kept in the chain
         raise not_found(art, reason(e, repo, "main", names[0])) from e
     verify(path, art.label, fix=_fix(art, path))

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .config import OPENAI_MEAN, OPENAI_STD
 from .errors import MRADError
 
-MAX_PIXELS = int(os.environ.get("MRAD_MAX_PIXELS", 64_000_000))  # 8000 x 8000
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; the app takes MRAD_MAX_PIXELS (settings.py)
 MIN_SIDE = 14  # one ViT patch
 
 
@@ -64,7 +64,7 @@ def _from_array(arr):
     return Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
 
 
-def load_image(source, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode and validate an image and return it as RGB with notes on what was adjusted."""
     try:
         with warnings.catch_warnings():  # our own, clearer limit below replaces PIL's bomb warning
@@ -145,3 +145,21 @@ def load_mask(source, size: int = 518) -> torch.Tensor:
         raise ImageError(f"{_name(source)}: cannot read mask ({e})")
     resized = np.asarray(binary.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
     return torch.from_numpy((resized > 0.5).astype(np.float32))
+
+
+THUMBNAIL_SIZE = 64
+
+
+def thumbnail(source, size: int = THUMBNAIL_SIZE) -> torch.Tensor:
+    """An image source -> (size, size, 3) uint8 RGB, stretched as the model input is (for bank entries)."""
+    img = load_image(source).image.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.array(img, dtype=np.uint8))
+
+
+def thumbnails_from_pixels(pixels: torch.Tensor, size: int = THUMBNAIL_SIZE) -> torch.Tensor:
+    """Model input (B, 3, S, S), normalised -> (B, size, size, 3) uint8 RGB."""
+    mean = torch.tensor(OPENAI_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD, device=pixels.device).view(1, 3, 1, 1)
+    rgb = (pixels.float() * std + mean).clamp(0, 1)
+    small = torch.nn.functional.interpolate(rgb, size=(size, size), mode="area")
+    return (small * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()

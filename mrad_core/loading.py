@@ -1,7 +1,9 @@
 """From "what the user configured" to a ready Detector, and a report of what is available and what is missing.
 
 Per artefact: explicit path > MRAD_* environment variable > the project's checkpoints/ or cache/ > the Hugging
-Face cache > the Hub (see hub.py). The backbone without a path comes through open_clip's Hub mechanism.
+Face cache > the authors' files already converted in $MRAD_CACHE_DIR/drive > a Hub mirror (only when one is set)
+> the authors' Google Drive, file by file (see hub.py, drive.py). The backbone without a path comes through
+open_clip's Hub mechanism. Downloads in progress are listed by progress.current_downloads().
 Heads and banks that cannot be had are reported (Resolution.report(), Resolution.missing) instead of failing,
 unless a variant that needs them is required; the backbone is always required.
 """
@@ -27,8 +29,8 @@ def resolve_paths(backbone=None, heads=None, image_bank=None, patch_bank=None) -
 
 @dataclass(frozen=True)
 class ArtefactStatus:
-    """One artefact: where it came from (explicit | environment | project | hf-cache | hub | open_clip |
-    missing), what verification established, and for a missing one the error saying how to provide it."""
+    """One artefact: where it came from (explicit | environment | project | hf-cache | drive-cache | hub | drive |
+    open_clip | missing), what verification established, and for a missing one the error saying how to provide it."""
 
     kind: str
     label: str

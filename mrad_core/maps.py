@@ -32,6 +32,6 @@ def top_mean(maps: np.ndarray, fraction: float) -> np.ndarray:
     return np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
 
 
-def image_score(maps: np.ndarray, image_prob: np.ndarray, fraction: float, image_weight: float) -> np.ndarray:
-    """score = (1 - w) * mean(top fraction of the map) + w * image probability."""
-    return ((1 - image_weight) * top_mean(maps, fraction) + image_weight * image_prob).astype(np.float32)
+def image_score(map_top: np.ndarray, image_prob: np.ndarray, image_weight: float) -> np.ndarray:
+    """score = (1 - w) * map_top + w * image probability; map_top = top_mean(map, fraction), shapes (B,)."""
+    return ((1 - image_weight) * map_top + image_weight * image_prob).astype(np.float32)

@@ -54,17 +54,18 @@ def _above(sorted_values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return len(sorted_values) - np.searchsorted(sorted_values, thresholds, side="right")
 
 
-def aupro(masks, maps, max_step: int = 200, expect_fpr: float = 0.3) -> float:
-    """masks (N, H, W) 0/1 and anomaly maps (N, H, W) float -> normalised area under the PRO curve up to
-    FPR `expect_fpr` (the reference's cal_pro_score). NaN where the reference is undefined."""
+def pro_curve(masks, maps, max_step: int = 200, expect_fpr: float = 0.3):
+    """masks (N, H, W) 0/1 and anomaly maps (N, H, W) float -> (fprs, pros): the reference's PRO curve at its
+    thresholds whose FPR < `expect_fpr` (raw FPRs, not rescaled; thresholds ascending, so FPRs descending), the
+    curve AUPRO integrates. None where it cannot be computed (no defect pixels, no normal pixels, constant maps)."""
     masks = [np.asarray(m) > 0.5 for m in masks]
     maps = [np.asarray(a) for a in maps]
     if not maps or not any(m.any() for m in masks) or all(m.all() for m in masks):
-        return math.nan
+        return None
     min_th = min(a.min() for a in maps)
     max_th = max(a.max() for a in maps)
     if not max_th > min_th:
-        return math.nan
+        return None
     delta = (max_th - min_th) / max_step
     ths = np.arange(min_th, max_th, delta)  # float64, exactly the reference's thresholds
     fp = np.zeros(len(ths), np.int64)
@@ -80,7 +81,21 @@ def aupro(masks, maps, max_step: int = 200, expect_fpr: float = 0.3) -> float:
     pros = np.mean(region_counts, axis=0)
     fprs = fp / n_normal
     keep = fprs < expect_fpr
-    fprs, pros = fprs[keep], pros[keep]
+    return fprs[keep], pros[keep]
+
+
+def aupro(masks, maps, max_step: int = 200, expect_fpr: float = 0.3) -> float:
+    """masks (N, H, W) 0/1 and anomaly maps (N, H, W) float -> normalised area under the PRO curve up to
+    FPR `expect_fpr` (the reference's cal_pro_score). NaN where the reference is undefined."""
+    return integrate_pro(pro_curve(masks, maps, max_step, expect_fpr))
+
+
+def integrate_pro(curve) -> float:
+    """(fprs, pros) from pro_curve (or None) -> AUPRO: FPRs min-max rescaled to [0, 1], PRO integrated with
+    sklearn `auc`; NaN for None or fewer than two distinct FPRs."""
+    if curve is None:
+        return math.nan
+    fprs, pros = curve
     if len(fprs) < 2 or fprs.max() == fprs.min():
         return math.nan
     fprs = (fprs - fprs.min()) / (fprs.max() - fprs.min())

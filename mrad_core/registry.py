@@ -4,10 +4,14 @@ One `Artefact` per file. Heads and banks exist per *training source* ("visa" or 
 heads were trained on / the bank was built from). The paper's pairing (its test.py) picks the source from
 the dataset under test: MVTec -> VisA files, VisA -> MVTec files, anything else -> VisA files.
 
-Digests: `sha256`/`size` are filled in only for files whose digest has been published (`mrad publish` prints
-them). None means "not known here": the resolver then checks what it can (the Hub's own LFS sha256 for
-downloads) and says that the file is otherwise unverified. Never put a digest here that was not computed
-from the published file.
+Digests: `sha256`/`size` describe OUR safetensors file and are filled in only once such a file has been published
+(`mrad publish` prints them). None means "not known here": the resolver then checks what it can (the Hub's own
+LFS sha256 for downloads) and says that the file is otherwise unverified.
+
+The authors' own files (`OFFICIAL`: Google Drive file id and sha256 per file) are a separate table: those ids and
+digests are reported by an independent public evaluation harness that downloads these files; they were not
+computed here (no internet on the build machines). They are treated as the expected content of the authors'
+files: a download from Drive must match them (or a digest the user accepts with MRAD_ACCEPT_DIGESTS).
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from .errors import MRADError
 
 DEFAULT_REPO = "mrad-project/mrad"
 DEFAULT_REVISION = "main"
-SOURCES = ("visa", "mvtec")
-KINDS = ("heads", "image_bank", "patch_bank")
+DEFAULT_REPO_PUBLISHED = False  # True once `mrad publish --repo mrad-project/mrad` has been done: then it is used
+TRAINING_SOURCES = ("visa", "mvtec")
+ARTEFACT_KINDS = ("heads", "image_bank", "patch_bank")
 LOCAL_DIRS = {"heads": "checkpoints", "image_bank": "cache", "patch_bank": "cache"}
 
 LICENCES = {
@@ -38,10 +43,41 @@ OFFICIAL_NAMES = {
     ("patch_bank", "visa"): "cache_patch_model_visa.pt",
     ("patch_bank", "mvtec"): "cache_patch_model_mvtec.pt",
 }
-OFFICIAL_FOLDERS = {  # Google Drive folder -> local directory it fills
+OFFICIAL_FOLDERS = {  # Google Drive folder -> local directory it fills (for people; downloads go by file id)
     "banks": ("https://drive.google.com/drive/folders/1XLl297B_jnu9Qv5KPZEw8MeAY9JJnaZg", "cache"),
     "heads": ("https://drive.google.com/drive/folders/11lugxXdal5_3RUhr9UcC2JItp95C4aIv", "checkpoints"),
 }
+
+
+@dataclass(frozen=True)
+class OfficialFile:
+    """One of the authors' files on Google Drive: its id and expected sha256 (from an independent evaluation
+    harness that downloads it; see the module docstring)."""
+
+    name: str
+    drive_id: str
+    sha256: str
+
+    @property
+    def link(self) -> str:
+        """The page a person opens to download it by hand."""
+        return f"https://drive.google.com/file/d/{self.drive_id}/view"
+
+
+OFFICIAL = {key: OfficialFile(OFFICIAL_NAMES[key], drive_id, sha) for key, drive_id, sha in (
+    (("heads", "visa"), "1EdqTDU3NSeW1fQIkdZNdlH6iHcOjqQlC",
+     "2af68c308183678bcdbe216dd62151d02294bfe726fd51ad4205f663a1a02535"),
+    (("heads", "mvtec"), "1Wv9ajL-_6tZcftsyamuaWrFHL-RiBptR",
+     "8b46b1358218e8b43872a9d00d13206b8a213315350b57031f6da682694ca524"),
+    (("image_bank", "mvtec"), "1dBMpWfPed0ImjkpkuhqbLWzOEhebI6MV",
+     "886431afb17a35d9c72aaeecf46655bd8d126236350566842aa828d6c45fd19e"),
+    (("image_bank", "visa"), "1Z8vgexJc20TvTnMBRU-NUmmphD2PbNoJ",
+     "66dfa8b32ad2c151ea3677a41f830cef0fd406234c7778644fd10bc819d1214b"),
+    (("patch_bank", "mvtec"), "1sqavkro1VXZw1vSDJuUQ8Il5EE5yQP0l",
+     "f5b1b081c10f6fa7a9fe0cf034be2425de45043f932e6665546b3d16123fbef3"),
+    (("patch_bank", "visa"), "14E6bn3-pau1vg6CQhRLfZ5JPi9OP7MEm",
+     "822bccd1c590b515ef49102afa631b1682131a299442fb18065c76f44138f600"),
+)}
 
 
 @dataclass(frozen=True)
@@ -62,6 +98,19 @@ class Artefact:
     @property
     def repo(self) -> str:
         return self.repo_id or os.environ.get("MRAD_HUB_REPO") or DEFAULT_REPO
+
+    @property
+    def mirror(self) -> str | None:
+        """The Hub repo to download from, or None when no mirror is configured (no --hub-repo, MRAD_HUB_REPO
+        unset) and nothing is published under DEFAULT_REPO: then the Hub step is skipped."""
+        if self.repo_id or os.environ.get("MRAD_HUB_REPO"):
+            return self.repo
+        return DEFAULT_REPO if DEFAULT_REPO_PUBLISHED else None
+
+    @property
+    def official(self) -> "OfficialFile | None":
+        """The authors' file behind this artefact (Drive id, expected sha256), if there is one."""
+        return OFFICIAL.get((self.kind, self.source)) if self.kind in ARTEFACT_KINDS else None
 
     @property
     def rev(self) -> str:
@@ -90,18 +139,21 @@ def _entry(kind, source):
                     LOCAL_DIRS[kind], licence=LICENCES[source])
 
 
-REGISTRY = {(kind, source): _entry(kind, source) for source in SOURCES for kind in KINDS}
+REGISTRY = {(kind, source): _entry(kind, source) for source in TRAINING_SOURCES for kind in ARTEFACT_KINDS}
 
-# open_clip fetches this itself (ViT-L-14-336-quickgelu, pretrained "openai"); listed for status and preloading.
-BACKBONE = Artefact("backbone", "openai", "open_clip_model.safetensors",
+# open_clip fetches this itself (ViT-L-14-336-quickgelu, pretrained "openai"): open_clip 3.3 tries
+# open_clip_model.safetensors first, then open_clip_pytorch_model.bin, the file known to exist in the repo (timm
+# pins it as hf_hub_filename). Listed for status and Space preloading.
+BACKBONE = Artefact("backbone", "openai", "open_clip_pytorch_model.bin",
                     repo_id="timm/vit_large_patch14_clip_336.openai", licence="OpenAI CLIP weights (MIT)")
+BACKBONE_SIZE = "≈1.7 GB"
 
 
 def check_source(source: str | None) -> str:
-    """None -> MRAD_SOURCE or "visa"; anything else must be one of SOURCES."""
+    """None -> MRAD_SOURCE or "visa"; anything else must be one of TRAINING_SOURCES."""
     source = (source or os.environ.get("MRAD_SOURCE") or "visa").lower()
-    if source not in SOURCES:
-        raise MRADError(f"unknown training source {source!r}: choose {' or '.join(SOURCES)} "
+    if source not in TRAINING_SOURCES:
+        raise MRADError(f"unknown training source {source!r}: choose {' or '.join(TRAINING_SOURCES)} "
                         f"(the dataset the heads were trained on / the banks were built from)")
     return source
 
@@ -115,9 +167,12 @@ def source_for_dataset(dataset: str | None) -> str:
 def artefacts(source: str | None = None, repo_id: str | None = None, revision: str | None = None) -> dict:
     """{kind: Artefact} for heads, image_bank and patch_bank of one training source."""
     source = check_source(source)
-    return {kind: REGISTRY[kind, source].at(repo_id, revision) for kind in KINDS}
+    return {kind: REGISTRY[kind, source].at(repo_id, revision) for kind in ARTEFACT_KINDS}
 
 
 def hub_files(repo_id: str | None = None) -> list:
-    """Every (repo, filename) the app may download, for Space preloading and the model card."""
-    return [(a.at(repo_id).repo, a.filename) for a in REGISTRY.values()] + [(BACKBONE.repo, BACKBONE.filename)]
+    """Every (repo, filename) known to exist on the Hub, for Space preloading: the backbone, plus our files in
+    `repo_id` when one is given (a mirror you published), or in DEFAULT_REPO once it is published."""
+    mirror = repo_id or (DEFAULT_REPO if DEFAULT_REPO_PUBLISHED else None)
+    ours = [(mirror, a.filename) for a in REGISTRY.values()] if mirror else []
+    return ours + [(BACKBONE.repo, BACKBONE.filename)]

@@ -24,7 +24,8 @@ def free_port():
 def launch(service):
     import app
     demo = app.build_demo(service)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                            **app.launch_options(demo))
     return demo, url
 
 
@@ -34,7 +35,7 @@ def served(tiny_files):
     service = Service(files={k: tiny_files[k] for k in FILES}, model=tiny_files["model"], device="cpu",
                       precision="fp32")  # compared exactly with the fp32 tiny_detector
     demo, url = launch(service)
-    yield service, url
+    yield service, url, demo.mrad
     demo.close()
 
 
@@ -55,6 +56,20 @@ def test_api_lists_the_named_endpoints(client):
     assert "device CPU" in client.predict(api_name="/status")
 
 
+def test_predict_needs_only_the_image(served, tiny_files):
+    """A raw HTTP call with the image alone (as the README's curl example sends it) gets the defaults."""
+    import httpx
+    url = served[1]
+    with open(tiny_files["images"][1], "rb") as f:
+        uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": f}).json()[0]
+    event = httpx.post(f"{url}gradio_api/call/predict", json={"data": [{"path": uploaded, "meta": {
+        "_type": "gradio.FileData"}}]}).json()["event_id"]
+    text = httpx.get(f"{url}gradio_api/call/predict/{event}", timeout=120).text
+    assert "event: complete" in text, text
+    result = __import__("json").loads(text.split("data: ", 1)[1].splitlines()[0])[0]
+    assert set(result["variants"]) == {"tf", "ft", "clip"} and result["image"] == "query_1.png"
+
+
 def test_predict_scores_every_variant(client, tiny_detector, tiny_files):
     result = predict(client, tiny_files["images"][1])
     expected = tiny_detector.predict([tiny_files["images"][1]])
@@ -68,26 +83,32 @@ def test_predict_scores_every_variant(client, tiny_detector, tiny_files):
     assert list(only_tf["variants"]) == ["tf"] and only_tf["variants"]["tf"]["anomalous"] is False
 
 
-def test_rerenders_do_not_call_the_model(client, served, tiny_files):
-    service = served[0]
-    predict(client, tiny_files["images"][0])
-    service.wait_calibration()
-    calls = dict(service.calls)
+def test_rerenders_do_not_call_the_model(served, tiny_files, tmp_path):
+    """The handlers of the live controls, addressed by component: re-drawing runs no model and writes no file."""
+    service, _, ui = served
+    d = ui.detect
+    a = service.calibrate(service.analyze(tiny_files["images"][0], ["tf", "ft", "clip"], "env"))
+    calls, files = dict(service.calls), sorted(service.workdir.rglob("*"))
     outputs = {}
     for key, controls in {"low": (0.5, 0.2, 0.5, "turbo", True, False, "raw"),
                           "high": (0.5, 0.8, 0.5, "turbo", True, False, "raw"),
                           "binary": (0.5, 0.5, 0.7, "jet", False, True, "minmax"),
                           "calibrated": (0.9, 0.5, 0.5, "gray", True, False, "calibrated")}.items():
-        outputs[key] = client.predict(*controls, api_name="/render")
+        outputs[key] = d.render(a, *controls)
     assert dict(service.calls) == calls  # no encode, no score
-    overlay = {k: np.asarray(Image.open(out[6][1])) for k, out in outputs.items()}  # MRAD-CLIP slider, right side
+    assert sorted(service.workdir.rglob("*")) == files  # no file written
+    overlay = {k: out[d.sliders["clip"]][1] for k, out in outputs.items()}  # MRAD-CLIP slider, right side
     assert overlay["low"].shape == overlay["high"].shape
     assert len({overlay[k].tobytes() for k in overlay}) == 4
-    assert "(threshold 0.90)" in outputs["calibrated"][3] and "calibrated" in outputs["calibrated"][3]
-    assert "calibration not ready" not in outputs["calibrated"][0]
-    with open(outputs["high"][-1]) as f:
+    card = outputs["calibrated"][d.cards["clip"]]
+    assert "(threshold 0.90)" in card and "calibrated" in card and "not calibrated" not in card
+    assert "not computed" not in outputs["calibrated"][d.summary]
+    assert outputs["high"][d.json]["pixel_threshold"] == 0.8  # the JSON panel follows the controls
+    path = d.export_csv(a, 0.5, 0.8, 0.5, "turbo", True, False, "raw")  # written when asked for
+    with open(path) as f:
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["MRAD-TF", "MRAD-FT", "MRAD-CLIP"]
+    assert float(rows[0]["score"]) == pytest.approx(a.outputs["tf"].score, abs=1e-5)
 
 
 def _odd_images(d: Path) -> dict:
@@ -174,12 +195,13 @@ def test_batch_endpoint(client, tmp_path):
 def test_custom_bank_endpoint_then_predict_with_it(served):
     from gradio_client import Client, handle_file
     c = Client(served[1], verbose=False)
-    report, bank_files, source = c.predict(
+    report, bank_files, bank_id, source = c.predict(
         normal=[handle_file(str(ASSETS / "examples" / n)) for n in ("metal_good.png", "wood_good.png")],
         name="line 3", api_name="/build_bank")
     assert "Bank ready" in report and "2 normal" in report and source == "custom"
     assert len(bank_files) == 2 and all(str(f).endswith(".safetensors") for f in bank_files)
-    result = predict(c, ASSETS / "examples" / "metal_scratch.png", source="custom")
+    assert all("line_3" in Path(f).name for f in bank_files)  # named after the bank, not a hash
+    result = predict(c, ASSETS / "examples" / "metal_scratch.png", source="custom", bank_id=bank_id)
     assert "My bank" in result["source"] and "tf" in result["variants"]
 
 

@@ -1,5 +1,8 @@
 """`python app.py` from the repository root serves the app (as a user starts it), on the tiny model files."""
+import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,6 +44,14 @@ def test_python_app_py_serves_and_answers(tiny_files, tmp_path):
         result = Client(url, verbose=False).predict(image=handle_file(tiny_files["images"][1]), api_name="/predict")
         assert set(result["variants"]) == {"tf", "ft", "clip"}
         assert all(0 <= v["score"] <= 1 for v in result["variants"].values())
+        # the README's curl example, verbatim but for the port
+        block = re.search(r"With curl.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[1]
+        shutil.copy(tiny_files["images"][1], tmp_path / "part.png")
+        run = subprocess.run(["bash", "-c", block.replace("127.0.0.1:7860", f"127.0.0.1:{port}")], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+        assert "event: complete" in run.stdout, run.stdout + run.stderr
+        answer = json.loads(run.stdout.split("data: ", 1)[1].splitlines()[0])[0]
+        assert answer["image"] == "part.png" and set(answer["variants"]) == {"tf", "ft", "clip"}
     finally:
         proc.terminate()
         proc.wait(timeout=30)

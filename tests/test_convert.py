@@ -1,10 +1,8 @@
-"""`mrad convert` (official .pth/.pt -> safetensors, identical results) and `mrad fetch-official` (gdown with its
-network calls replaced by local copies)."""
+"""`mrad convert` (official .pth/.pt -> safetensors: the same tensors, the same results within float tolerance);
+`mrad fetch-official` is in test_drive.py."""
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrad_core import Detector, Heads, MemoryBank, registry
+from mrad_core import Detector, Heads, MemoryBank
 from mrad_core.cli import main
 from mrad_core.loading import load_detector
 
@@ -33,13 +31,28 @@ def official_tiny(tiny_files, tmp_path_factory):
     return d
 
 
+# Converted files hold exactly the original tensors (asserted with torch.equal); the outputs computed from them may
+# differ in the last bits where GEMM kernels pick another blocking for another memory layout (CPUs without AMX do).
+TOL = 1e-6
+
+
+def assert_same_tensors(a: Detector, b: Detector):
+    """The exact invariant of a conversion: the same heads and bank tensors, bit for bit."""
+    sa, sb = a.heads.state_dict(), b.heads.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    for kind in ("image_bank", "patch_bank"):
+        ba, bb = getattr(a, kind), getattr(b, kind)
+        assert torch.equal(ba.keys, bb.keys) and torch.equal(ba.values, bb.values), kind
+
+
 def assert_same_results(a: Detector, b: Detector, images):
+    assert_same_tensors(a, b)
     ra, rb = a.predict(images, a.variants), b.predict(images, b.variants)
     assert a.variants == b.variants == ("tf", "ft", "clip")
     for v in ra:
-        assert torch.equal(torch.as_tensor(ra[v].score), torch.as_tensor(rb[v].score)), v
-        assert np.array_equal(np.asarray(ra[v].map), np.asarray(rb[v].map)), v
-        assert np.array_equal(np.asarray(ra[v].patch_map), np.asarray(rb[v].patch_map)), v
+        np.testing.assert_allclose(ra[v].score, rb[v].score, rtol=0, atol=TOL, err_msg=v)
+        np.testing.assert_allclose(ra[v].map, rb[v].map, rtol=0, atol=TOL, err_msg=v)
+        np.testing.assert_allclose(ra[v].patch_map, rb[v].patch_map, rtol=0, atol=TOL, err_msg=v)
 
 
 def test_convert_tiny_official_files(official_tiny, tiny_files, tiny_config, tmp_path, capsys):
@@ -98,80 +111,21 @@ def test_converted_files_in_project_dirs_are_resolved(official_tiny, tiny_files,
 
 
 @pytest.mark.parity
-def test_convert_parity_fixture_is_bit_identical(parity_dir, parity_backbone, parity_detector, tmp_path):
-    """Full size: converted heads and banks give exactly the official files' maps and scores for query_bad."""
+def test_convert_parity_fixture_gives_the_same_results(parity_dir, parity_backbone, parity_detector, tmp_path):
+    """Full size: converted heads and banks are the official tensors, and give the official files' maps and scores
+    for query_bad within float tolerance."""
     assert main(["convert", str(parity_dir / "heads_official.pth"), str(parity_dir / "cache_model_fixture.pt"),
                  str(parity_dir / "cache_patch_model_fixture.pt"), "--source", "visa", "--out", str(tmp_path)]) == 0
     converted = load_detector(parity_backbone, tmp_path / "mrad_heads_visa.safetensors",
                               tmp_path / "mrad_image_bank_visa.safetensors",
                               tmp_path / "mrad_patch_bank_visa.safetensors", device="cpu")
     query = [parity_dir / "images" / "query_bad.png"]
+    assert_same_tensors(parity_detector, converted)
     encoding = parity_detector.encode(query)  # one encoding, both heads/banks: the comparison is of those alone
     for v in ("tf", "ft", "clip"):
         a, b = parity_detector.score(encoding, v), converted.score(encoding, v)
-        assert torch.equal(torch.as_tensor(a.score), torch.as_tensor(b.score)), v
-        assert np.array_equal(np.asarray(a.map), np.asarray(b.map)), v
+        np.testing.assert_allclose(a.score, b.score, rtol=0, atol=TOL, err_msg=v)
+        np.testing.assert_allclose(a.map, b.map, rtol=0, atol=TOL, err_msg=v)
     expected = np.load(parity_dir / "expected.npz")
     b = converted.score(encoding, "ft")
     assert np.allclose(np.asarray(b.map), expected["query_bad.ft.map"].reshape(b.map.shape), atol=1e-4)
-
-
-# ---------------------------------------------------------------- fetch-official
-@pytest.fixture
-def fake_drive(official_tiny, monkeypatch):
-    """gdown with its Drive folder listing and file download replaced by local copies (real folder logic)."""
-    module = importlib.import_module("gdown.download_folder")
-    folders = {  # folder id -> (name, [(id, name, mime type)])
-        "1XLl297B_jnu9Qv5KPZEw8MeAY9JJnaZg": ("banks", [("f1", "cache_model_visa.pt", "application/octet-stream"),
-                                                        ("sub", "patch", module._GoogleDriveFile.TYPE_FOLDER)]),
-        "sub": ("patch", [("f2", "cache_patch_model_visa.pt", "application/octet-stream")]),
-        "11lugxXdal5_3RUhr9UcC2JItp95C4aIv": ("ckpt", [("f3", "test_on_mvtec.pth", "application/octet-stream"),
-                                                       ("f4", "notes.pth", "application/octet-stream")]),
-    }
-    blobs = {"f1": "cache_model_visa.pt", "f2": "cache_patch_model_visa.pt", "f3": "test_on_mvtec.pth",
-             "f4": "test_on_mvtec.pth"}
-    calls = []
-
-    def listing(*, sess, folder_id, verify, timeout):
-        return folders[folder_id]
-
-    real = inspect.signature(module.download)
-
-    def download(**kw):
-        real.bind(**kw)  # called as gdown would call the real one
-        calls.append(kw)
-        shutil.copy(official_tiny / blobs[kw["url"].split("id=")[1]], kw["output"])
-        return kw["output"]
-    monkeypatch.setattr(module, "_parse_embedded_folder_view", listing)
-    monkeypatch.setattr(module, "download", download)
-    return calls
-
-
-def test_fetch_official_places_and_reports(fake_drive, official_tiny, tmp_path, capsys):
-    code = main(["fetch-official", "--root", str(tmp_path), "--quiet"])
-    out = capsys.readouterr().out
-    got = (tmp_path / "cache" / "cache_model_visa.pt").read_bytes()
-    assert got == (official_tiny / "cache_model_visa.pt").read_bytes()
-    assert (tmp_path / "cache" / "cache_patch_model_visa.pt").is_file()  # moved up from the Drive sub-folder
-    assert (tmp_path / "checkpoints" / "test_on_mvtec.pth").is_file() and len(fake_drive) == 4
-    assert "moved up from patch/cache_patch_model_visa.pt" in out
-    for name in ("cache_model_mvtec.pt", "cache_patch_model_mvtec.pt", "test_on_visa.pth"):
-        assert f"MISSING  {Path('cache' if 'cache' in name else 'checkpoints') / name}" in out
-    assert "also     checkpoints/notes.pth" in out
-    assert code == 1  # expected files missing
-    from mrad_core import hub
-    found = hub.resolve(registry.REGISTRY["heads", "visa"], roots=[tmp_path], allow_download=False)
-    assert found.path == str(tmp_path / "checkpoints" / "test_on_mvtec.pth")
-
-
-def test_fetch_official_download_failure_is_one_message(monkeypatch, tmp_path, capsys):
-    import gdown
-    module = importlib.import_module("gdown.download_folder")
-
-    def listing(**kw):
-        raise gdown.exceptions.DownloadError("Failed to retrieve folder contents (status code 429)")
-    monkeypatch.setattr(module, "_parse_embedded_folder_view", listing)
-    assert main(["fetch-official", "--root", str(tmp_path), "--only", "heads", "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "status code 429" in err and registry.OFFICIAL_FOLDERS["heads"][0] in err
-    assert str(tmp_path / "checkpoints") in err

@@ -76,7 +76,7 @@ def test_mismatched_files_are_refused(backbone, banks):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is absent")
 def test_cuda_without_a_gpu_is_a_clear_error(backbone):
-    with pytest.raises(MRADError, match="no CUDA device"):
+    with pytest.raises(MRADError, match="cannot use a CUDA device.*--device cpu"):
         Detector(backbone, device="cuda")
 
 

@@ -1,5 +1,7 @@
-"""Sharding with torch.distributed: 2 CPU processes (gloo, launched by torchrun) give exactly the banks and the
-metrics of one process; an error on one rank stops all of them."""
+"""Sharding with torch.distributed: 2 CPU processes (gloo, launched by torchrun) give the banks and the metrics of
+one process (the same images in the same order exactly; float values within TOL, since GEMM kernels may block
+other batch splits differently); an error on one rank stops all of them."""
+import csv
 import json
 import os
 import socket
@@ -12,6 +14,8 @@ import torch
 from mrad_core.cli import main
 from mrad_core.distributed import Shard, gather_rows, rounds
 from synthetic_datasets import make_dataset
+
+TOL = 1e-6
 
 
 def test_rounds_cover_items_in_order_with_whole_batches():
@@ -61,7 +65,7 @@ def _model(f, heads=True):
     return args
 
 
-def test_build_bank_two_processes_identical(mvtec, tiny_files, tmp_path):
+def test_build_bank_two_processes_agree(mvtec, tiny_files, tmp_path):
     common = ["build-bank", "--dataset", "mvtec", "--data-path", str(mvtec), *_model(tiny_files, heads=False)]
     run = _torchrun([*common, "--out", str(tmp_path / "two")])
     assert run.returncode == 0, run.stderr[-3000:]
@@ -69,12 +73,12 @@ def test_build_bank_two_processes_identical(mvtec, tiny_files, tmp_path):
     from safetensors import safe_open
     for name in ("image_bank.safetensors", "patch_bank.safetensors"):
         with safe_open(str(tmp_path / "one" / name), "pt") as a, safe_open(str(tmp_path / "two" / name), "pt") as b:
-            for key in ("keys", "values"):
-                assert torch.equal(a.get_tensor(key), b.get_tensor(key)), (name, key)
+            assert torch.equal(a.get_tensor("values"), b.get_tensor("values")), name  # labels: exact
+            torch.testing.assert_close(a.get_tensor("keys"), b.get_tensor("keys"), rtol=0, atol=TOL)
             assert a.metadata()["image_ids"] == b.metadata()["image_ids"]
 
 
-def test_eval_two_processes_identical(mvtec, tiny_files, tmp_path):
+def test_eval_two_processes_agree(mvtec, tiny_files, tmp_path):
     common = ["eval", "--dataset", "mvtec", "--data-path", str(mvtec), *_model(tiny_files)]
     run = _torchrun([*common, "--out", str(tmp_path / "two")])
     assert run.returncode == 0, run.stderr[-3000:]
@@ -82,8 +86,30 @@ def test_eval_two_processes_identical(mvtec, tiny_files, tmp_path):
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert two["processes"] == 2 and one["processes"] == 1
-    assert one["metrics"] == two["metrics"]
-    assert (tmp_path / "one/scores.csv").read_text() == (tmp_path / "two/scores.csv").read_text()
+    assert _close(one["metrics"], two["metrics"])
+    one_rows, two_rows = (list(csv.reader(open(tmp_path / d / "scores.csv"))) for d in ("one", "two"))
+    assert len(one_rows) == len(two_rows) and one_rows[0] == two_rows[0]
+    for a, b in zip(one_rows[1:], two_rows[1:]):  # the same images, classes and labels in the same order
+        assert _close([_number(x) for x in a], [_number(x) for x in b]), (a, b)
+
+
+def _number(text):
+    """A CSV cell as a float where it is a number, else the text itself."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _close(a, b):
+    """Nested dicts/lists of numbers equal in structure, numbers within TOL (NaN equals NaN)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, (int, float)):
+        return (a != a and b != b) or abs(a - b) <= TOL
+    return a == b
 
 
 def test_error_on_one_rank_stops_all(mvtec, tiny_files, tmp_path):

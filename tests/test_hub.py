@@ -59,7 +59,7 @@ def spec(filename, repo=REPO, **kw):
 def run_client(code, arg, env_extra, tmp):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MRAD_"))}
     env.update({"HF_HOME": str(tmp / "hf"), "MRAD_CACHE_DIR": str(tmp / "mrad"), "MRAD_PROJECT_DIR": str(tmp / "proj"),
-                "HF_HUB_DISABLE_TELEMETRY": "1", **env_extra})
+                "HF_HUB_DISABLE_TELEMETRY": "1", "MRAD_DRIVE_URL": "off", **env_extra})  # Drive: test_drive.py
     r = subprocess.run([sys.executable, "-c", code, json.dumps(arg)], env=env, capture_output=True, text=True,
                        timeout=240)
     line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -180,7 +180,7 @@ def test_no_network_fails_fast_with_clear_message(tmp_path):
 
 def test_detector_end_to_end_from_stand_in_hub_then_offline(tiny_files, tiny_detector, tmp_path):
     """load_detector with nothing but the backbone: heads and banks come from the Hub, then from the cache."""
-    files = {registry.our_name(k, "visa"): Path(tiny_files[k]).read_bytes() for k in registry.KINDS}
+    files = {registry.our_name(k, "visa"): Path(tiny_files[k]).read_bytes() for k in registry.ARTEFACT_KINDS}
     arg = {"backbone": tiny_files["backbone"], "model": tiny_files["model"], "images": tiny_files["images"],
            "repo": REPO}
     expected = tiny_detector.predict(tiny_files["images"], ("tf", "ft", "clip"))
@@ -271,11 +271,17 @@ def test_truncated_or_corrupt_project_file_is_an_error(tiny_files, tmp_path, mon
         hub.resolve(pinned, roots=[tmp_path], allow_download=False)
 
 
-def test_official_name_in_checkpoints_is_found(tmp_path):
+def test_official_name_in_checkpoints_is_found_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("MRAD_CACHE_DIR", str(tmp_path / "mrad"))
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "cache_patch_model_mvtec.pt").write_bytes(b"x")
-    found = hub.resolve(registry.REGISTRY["patch_bank", "mvtec"], roots=[tmp_path], allow_download=False)
-    assert found.path == str(tmp_path / "cache" / "cache_patch_model_mvtec.pt") and "authors' file" in found.check
+    art = registry.REGISTRY["patch_bank", "mvtec"]
+    with pytest.raises(hub.HubError, match="is not the authors' cache_patch_model_mvtec.pt") as e:
+        hub.resolve(art, roots=[tmp_path], allow_download=False)
+    assert art.official.sha256 in str(e.value) and hashlib.sha256(b"x").hexdigest() in str(e.value)
+    monkeypatch.setenv("MRAD_ACCEPT_DIGESTS", hashlib.sha256(b"x").hexdigest())
+    found = hub.resolve(art, roots=[tmp_path], allow_download=False)
+    assert found.path == str(tmp_path / "cache" / "cache_patch_model_mvtec.pt") and "MRAD_ACCEPT_DIGESTS" in found.check
 
 
 def test_registry_pairing_and_sources(monkeypatch):

@@ -9,8 +9,8 @@ from sklearn.metrics import auc
 from mrad_core import metrics
 
 
-def naive_aupro(masks, maps, max_step=200, expect_fpr=0.3):
-    """The reference's definition, spelled out the slow way: threshold the whole stack at every step."""
+def naive_pro_curve(masks, maps, max_step=200, expect_fpr=0.3):
+    """The reference's PRO curve, spelled out the slow way: threshold the whole stack at every step."""
     masks, maps = np.asarray(masks).astype(bool), np.asarray(maps)
     lo, hi = maps.min(), maps.max()
     fprs, pros = [], []
@@ -25,8 +25,12 @@ def naive_aupro(masks, maps, max_step=200, expect_fpr=0.3):
         pros.append(np.mean(overlaps))
     fprs, pros = np.array(fprs), np.array(pros)
     keep = fprs < expect_fpr
-    x = fprs[keep]
-    return auc((x - x.min()) / (x.max() - x.min()), pros[keep])
+    return fprs[keep], pros[keep]
+
+
+def naive_aupro(masks, maps, max_step=200, expect_fpr=0.3):
+    x, pros = naive_pro_curve(masks, maps, max_step, expect_fpr)
+    return auc((x - x.min()) / (x.max() - x.min()), pros)
 
 
 def test_image_auroc_and_ap_by_hand():
@@ -99,6 +103,8 @@ def test_aupro_undefined_cases_are_nan():
     assert math.isnan(metrics.aupro([np.zeros((8, 8))], [np.random.rand(8, 8)]))  # no defect at all
     binary = mask.astype(np.float32)  # hard 0/1 prediction: every FPR is 0, the rescaling divides by zero
     assert math.isnan(metrics.aupro([mask], [binary]))
+    assert metrics.pro_curve([np.zeros((8, 8))], [np.random.rand(8, 8)]) is None and \
+        math.isnan(metrics.integrate_pro(None))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -111,6 +117,12 @@ def test_aupro_matches_naive_reference_definition(seed):
     masks[2, 12:18, 5:7] = 1  # touches the previous block: one region
     maps = (rng.random((3, 24, 24)) * 0.6 + masks * rng.random((3, 24, 24)) * 0.5).astype(np.float32)
     assert metrics.aupro(masks, maps) == pytest.approx(naive_aupro(masks, maps), abs=1e-12)
+    # the curve the plots draw is that curve: FPRs (not rescaled) below 0.3 and the PRO at each threshold
+    fprs, pros = metrics.pro_curve(masks, maps)
+    want_fprs, want_pros = naive_pro_curve(masks, maps)
+    np.testing.assert_allclose(fprs, want_fprs, atol=1e-12)
+    np.testing.assert_allclose(pros, want_pros, atol=1e-12)
+    assert fprs.max() < 0.3 and metrics.integrate_pro((fprs, pros)) == metrics.aupro(masks, maps)
 
 
 def test_class_and_mean_metrics():

@@ -89,15 +89,68 @@ def test_space_front_matter_agrees_with_requirements(front_matter):
     assert fm["suggested_hardware"] in SPACE_HARDWARE
 
 
-def test_space_front_matter_lists_and_preloads_the_registry(front_matter):
-    fm = front_matter
-    assert registry.DEFAULT_REPO in fm["models"] and registry.BACKBONE.repo in fm["models"]
+def known_hub_files() -> dict:
+    """{repo: {filenames}} the registry knows to exist on the Hub (published files only)."""
+    known = {}
+    for repo, filename in registry.hub_files():
+        known.setdefault(repo, set()).add(filename)
+    return known
+
+
+def test_space_front_matter_names_only_what_exists(front_matter):
+    """A Space builds on first push only if everything it preloads exists: the backbone's file known to be in
+    its repo, never an unpublished mirror (registry.DEFAULT_REPO_PUBLISHED is False today)."""
+    fm, known = front_matter, known_hub_files()
+    assert set(fm["models"]) <= set(known), f"models: {fm['models']} names repos not known to exist: {known}"
     preload = {}
     for entry in fm["preload_from_hub"]:
         parts = entry.split()
         assert 1 <= len(parts) <= 3, entry
-        preload[parts[0]] = set(parts[1].split(",")) if len(parts) > 1 else set()
-    wanted = {}
-    for repo, filename in registry.hub_files(registry.DEFAULT_REPO):
-        wanted.setdefault(repo, set()).add(filename)
-    assert preload == wanted
+        assert parts[0] in known, f"preload_from_hub: {parts[0]} is not known to exist (published)"
+        files = set(parts[1].split(",")) if len(parts) > 1 else set()
+        assert files <= known[parts[0]], f"preload_from_hub: {parts[0]} has no known files {files - known[parts[0]]}"
+        preload[parts[0]] = files
+    assert registry.BACKBONE.repo in preload  # the 1.7 GB backbone is fetched at build time, not on first request
+    if not registry.DEFAULT_REPO_PUBLISHED:
+        assert registry.DEFAULT_REPO not in known and registry.DEFAULT_REPO not in fm["models"]
+
+
+def test_registry_knows_the_backbone_file_open_clip_falls_back_to():
+    """open_clip 3.3 tries open_clip_model.safetensors, then open_clip_pytorch_model.bin (the file in the repo)."""
+    from open_clip import constants, pretrained
+
+    assert registry.BACKBONE.filename == constants.HF_WEIGHTS_NAME == "open_clip_pytorch_model.bin"
+    assert constants.HF_SAFE_WEIGHTS_NAME == "open_clip_model.safetensors"  # tried first, not known to exist
+    cfg = pretrained.get_pretrained_cfg("ViT-L-14-336-quickgelu", "openai")
+    assert cfg["hf_hub"].rstrip("/") == registry.BACKBONE.repo
+    mirror = registry.hub_files("you/mrad")
+    assert ("you/mrad", "mrad_heads_visa.safetensors") in mirror and len(mirror) == 7
+
+
+def test_test_tools_stay_out_of_the_space_and_the_image():
+    runtime = pins()
+    for tool in ("pytest", "pytest-timeout", "playwright", "dockerfile-parse"):
+        assert tool not in runtime, f"{tool} belongs in requirements-dev.txt"
+    dev = (ROOT / "requirements-dev.txt").read_text()
+    assert "-r requirements.txt" in dev and "pytest==" in dev and "playwright==" in dev
+    assert "requirements-dev.txt" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_dockerfile_can_take_cuda_12_wheels(docker):
+    parser, steps = docker
+    assert "TORCH_INDEX" in parser.args and parser.args["TORCH_INDEX"] == ""
+    value = steps[index(steps, "RUN", r"pip install .*-r requirements\.txt")][1]
+    cuda_branch = value[value.index("cuda)"):value.index("*)")]
+    assert '--index-url "$TORCH_INDEX"' in cuda_branch
+
+
+def test_zerogpu_front_matter_in_the_readme_follows_the_zerogpu_rules():
+    """The README's ZeroGPU variant of the front matter: a Python ZeroGPU supports and ZeroGPU hardware."""
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"```yaml\n# ZeroGPU front matter\n(.*?)```", text, re.S)
+    assert m, "README.md must give the ZeroGPU front matter in a ```yaml block starting '# ZeroGPU front matter'"
+    fm = yaml.safe_load(m[1])
+    assert str(fm["python_version"]) in ("3.10", "3.12") and fm["suggested_hardware"] == "zero-a10g"
+    assert fm["sdk"] == "gradio" and fm["app_file"] == "app.py"
+    torch_pin = re.search(r"torch==(2\.(\d+)\.\d+)", text[m.end():m.end() + 1500])
+    assert torch_pin and 8 <= int(torch_pin[2]) <= 11, "pin a torch version ZeroGPU lists (2.8-2.11) next to it"

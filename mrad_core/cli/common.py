@@ -6,7 +6,7 @@ import os
 from ..config import DEFAULT, VARIANTS
 from ..detector import resolve_device
 from ..engines import ENGINES, check_engine, default_engine
-from ..registry import DEFAULT_REPO, DEFAULT_REVISION, SOURCES, source_for_dataset
+from ..registry import DEFAULT_REPO, DEFAULT_REPO_PUBLISHED, DEFAULT_REVISION, TRAINING_SOURCES, source_for_dataset
 
 FILE_OPTIONS = {  # option -> (environment variable, help)
     "backbone": ("MRAD_BACKBONE", "CLIP ViT-L/14@336 state dict (.safetensors, or a torch file); default: open_clip's "
@@ -22,16 +22,18 @@ def add_model_args(parser, precision_default="fp32", engine=True):
     for name, (env, text) in FILE_OPTIONS.items():
         g.add_argument("--" + name.replace("_", "-"), metavar="PATH", default=None,
                        help=f"{text} [${env}]")
-    g.add_argument("--model", default=DEFAULT.model_name, metavar="NAME",
+    g.add_argument("--model", default=os.environ.get("MRAD_MODEL") or DEFAULT.model_name, metavar="NAME",
                    help="open_clip model name or config .json [$MRAD_MODEL] (default: %(default)s)")
     h = parser.add_argument_group("weights and banks not given above: checkpoints/ and cache/ in the project, "
-                                  "then the Hugging Face cache, then the Hub")
-    h.add_argument("--source", choices=SOURCES, default=None,
+                                  "the Hugging Face cache, $MRAD_CACHE_DIR, then a Hub mirror (only when one is "
+                                  "set), then the authors' Google Drive ($MRAD_DRIVE_URL)")
+    h.add_argument("--source", choices=TRAINING_SOURCES, default=None,
                    help="training source of the heads and banks: visa (the paper's choice for MVTec and any other "
                         "dataset) or mvtec (for testing VisA) [$MRAD_SOURCE] (default: paired with --dataset "
                         "where there is one, else visa)")
     h.add_argument("--hub-repo", default=None, metavar="ID",
-                   help=f"Hub repo [$MRAD_HUB_REPO] (default: {DEFAULT_REPO})")
+                   help="Hub mirror of our safetensors files [$MRAD_HUB_REPO] (default: "
+                        + (DEFAULT_REPO if DEFAULT_REPO_PUBLISHED else "none: the authors' files from Drive") + ")")
     h.add_argument("--hub-revision", default=None, metavar="REV",
                    help=f"branch, tag or commit [$MRAD_HUB_REVISION] (default: {DEFAULT_REVISION})")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")

@@ -12,10 +12,10 @@ import torch
 
 from .. import __version__
 from ..bank import MemoryBank
-from ..errors import MRADError
+from ..errors import MRADError, first_line
 from ..heads import GROUPS, Heads
 from ..hub import project_dirs
-from ..registry import KINDS, LICENCES, LOCAL_DIRS, OFFICIAL_NAMES, SOURCES, our_name
+from ..registry import ARTEFACT_KINDS, LICENCES, LOCAL_DIRS, OFFICIAL_NAMES, TRAINING_SOURCES, our_name
 
 COMMAND = "convert"
 BY_NAME = {name: key for key, name in OFFICIAL_NAMES.items()}  # official file name -> (kind, source)
@@ -29,9 +29,9 @@ def add_parser(sub, name):
                                    "unless --out is given; the resolver finds them there.")
     p.add_argument("inputs", nargs="+", metavar="FILE", help="official .pth / .pt files")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: checkpoints/ or cache/)")
-    p.add_argument("--source", choices=SOURCES, default=None,
+    p.add_argument("--source", choices=TRAINING_SOURCES, default=None,
                    help="training source, when the file name does not say it (test_on_mvtec.pth = visa)")
-    p.add_argument("--kind", choices=KINDS, default=None, help="what the file is, when its name does not say it")
+    p.add_argument("--kind", choices=ARTEFACT_KINDS, default=None, help="what the file is, when its name does not say it")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(run=run)
 
@@ -48,14 +48,13 @@ def identify(path: Path, kind=None, source=None):
     if known_source is None and stem.startswith("test_on_"):
         known_source = {"mvtec": "visa", "visa": "mvtec"}.get(stem[len("test_on_"):])  # named after the TEST set
     elif known_source is None:
-        known_source = next((s for s in SOURCES if s in stem), None)
+        known_source = next((s for s in TRAINING_SOURCES if s in stem), None)
     kind, source = kind or known_kind, source or known_source
     if kind is None:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise MRADError(f"{path}: cannot be read as an official MRAD file ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200]})") from e
+            raise MRADError(f"{path}: cannot be read as an official MRAD file ({first_line(e)})") from e
         if isinstance(raw, dict) and any(g in raw for g in GROUPS):
             kind = "heads"
         elif isinstance(raw, dict) and {"keys", "values"} <= set(raw):

@@ -1,5 +1,6 @@
 """`mrad eval`: per-class and mean image AUROC, image AP, pixel AUROC and AUPRO of MRAD-TF / FT / CLIP on a dataset
-split; prints paper-style tables and writes OUT/metrics.json, metrics.csv, scores.csv, table.md (and overlays).
+split; prints paper-style tables and writes OUT/metrics.json, metrics.csv, scores.csv, table.md (and overlays);
+with --plots also ROC/PR, PRO, histogram and gallery figures under OUT/plots and OUT/analysis.json (analysis.py).
 Shard across processes with `torchrun --nproc_per_node N -m mrad_core eval ...` (identical metrics)."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ..config import VARIANTS
 from ..datasets import DATASETS, dataset_name, read_dataset
 from ..distributed import setup, teardown
 from ..errors import MRADError
+from ..eval_analysis import EvalAnalysis
 from ..evaluate import evaluate, format_table, group_by_class, write_report
 from ..loading import resolve_paths
 from .common import add_model_args, detector_from_args
@@ -30,6 +32,16 @@ def add_parser(sub, name):
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: mrad-eval-DATASET)")
     p.add_argument("--dump-overlays", type=int, default=0, metavar="N",
                    help="write overlays of the first N images of each class and variant to OUT/overlays")
+    p.add_argument("--plots", action="store_true",
+                   help="also write OUT/plots/<class>/ and OUT/plots/all_classes/: ROC and PR curves, PRO curve, score "
+                        "histograms with the F1-optimal and false-alarm thresholds, galleries of the hardest images; "
+                        "and OUT/analysis.json (thresholds, why metrics are undefined, mistakes)")
+    p.add_argument("--false-alarm-rate", type=float, default=0.05, metavar="F",
+                   help="with --plots: also report the threshold that flags at most this fraction of the good images "
+                        "(default: %(default)s)")
+    p.add_argument("--gallery", type=int, default=3, metavar="K",
+                   help="with --plots: the K highest-scoring good and K lowest-scoring defective images per class "
+                        "and variant (default: %(default)s)")
     p.add_argument("--classes", default=None, metavar="A,B", help="only these classes (comma-separated)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images of each class")
     p.add_argument("--workers", type=int, default=2, help="image-loading processes (default: %(default)s)")
@@ -51,6 +63,8 @@ def _select(records, classes, limit):
 def run(args):
     if args.batch_size < 1 or args.workers < 0 or args.dump_overlays < 0 or (args.limit is not None and args.limit < 1):
         raise MRADError("--batch-size and --limit must be >= 1, --workers and --dump-overlays >= 0")
+    if not 0 <= args.false_alarm_rate <= 1 or args.gallery < 0:
+        raise MRADError("--false-alarm-rate must be in [0, 1] and --gallery >= 0")
     name = dataset_name(args.dataset)
     records = _select(read_dataset(name, args.data_path, args.split), args.classes, args.limit)
     shard, args.device = setup(args.device)
@@ -61,8 +75,10 @@ def run(args):
         for v in variants:
             detector.require(v)
         out = Path(args.out or f"mrad-eval-{name}")
+        analysis = EvalAnalysis(out, variants, false_alarm_rate=args.false_alarm_rate, gallery=args.gallery) \
+            if args.plots and shard.main else None
         report = evaluate(detector, records, variants, batch_size=args.batch_size, workers=args.workers, shard=shard,
-                          overlay_dir=out / "overlays", overlays=args.dump_overlays)
+                          overlay_dir=out / "overlays", overlays=args.dump_overlays, on_class=analysis)
         if shard.main:
             delivery = getattr(detector, "delivery", None)  # where load_detector found each file
             paths = delivery.paths if delivery else resolve_paths(args.backbone, args.heads, args.image_bank,
@@ -76,6 +92,10 @@ def run(args):
             for v in variants:
                 print(format_table(report["metrics"][v], f"MRAD-{v.upper()} on {name} ({len(records)} images)"))
                 print()
+            if analysis is not None:
+                analysis.finish(report)
+                written.append(out / "analysis.json")
+                print(f"wrote {len(analysis.plots)} figures under {out / 'plots'}")
             print(f"wrote {', '.join(str(p) for p in written)}")
         ok = True
     finally:

@@ -1,94 +1,112 @@
-"""`mrad fetch-official`: download the authors' released banks and MRAD-CLIP checkpoints from their Google
-Drive folders (gdown) into cache/ and checkpoints/, then report what was found against what is expected."""
+"""`mrad fetch-official`: the authors' released banks and MRAD-CLIP checkpoints from Google Drive, file by file
+(by the file ids in the registry, through drive.py: verified sha256, atomic, one download per file), copied into
+cache/ and checkpoints/; `--verify` reports each local file against the registry's table without downloading."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+from .. import drive
 from ..errors import MRADError
-from ..hub import project_dirs
-from ..registry import OFFICIAL_FOLDERS, OFFICIAL_NAMES
+from ..files import atomic
+from ..hub import file_sha256, project_dirs, unreachable
+from ..registry import REGISTRY, TRAINING_SOURCES
 
 COMMAND = "fetch-official"
-SUFFIXES = (".pt", ".pth", ".safetensors")
+GROUPS = {"heads": ("heads",), "banks": ("image_bank", "patch_bank")}
 
 
 def add_parser(sub, name):
-    p = sub.add_parser(name, help="download the authors' banks and checkpoints (Google Drive)",
+    p = sub.add_parser(name, help="download the authors' banks and checkpoints (Google Drive, by file id)",
                        description="Download the MRAD authors' memory banks into cache/ and their MRAD-CLIP "
-                                   "checkpoints into checkpoints/ (Google Drive, via gdown; interrupted runs "
-                                   "resume), then list what arrived against the expected names. The resolver uses "
-                                   "these files directly; `mrad convert` turns them into safetensors.")
+                                   "checkpoints into checkpoints/, file by file from Google Drive (MRAD_DRIVE_URL), "
+                                   "each checked against the sha256 in mrad_core/registry.py (MRAD_ACCEPT_DIGESTS "
+                                   "accepts others). Downloads go through $MRAD_CACHE_DIR/drive; the project gets "
+                                   "copies. `mrad convert` then turns them into safetensors.")
     p.add_argument("--root", default=None, metavar="DIR",
                    help="project directory holding cache/ and checkpoints/ (default: $MRAD_PROJECT_DIR, else here)")
-    p.add_argument("--only", choices=tuple(OFFICIAL_FOLDERS), default=None, help="fetch one folder only")
-    p.add_argument("--quiet", action="store_true", help="no gdown progress output")
+    p.add_argument("--only", choices=tuple(GROUPS), default=None, help="heads or banks only")
+    p.add_argument("--source", choices=TRAINING_SOURCES, default=None, help="one training source only")
+    p.add_argument("--verify", action="store_true",
+                   help="download nothing: report each local file (project and cache) against the table")
     p.set_defaults(run=run)
 
 
-def expected(what: str) -> list:
-    kinds = ("heads",) if what == "heads" else ("image_bank", "patch_bank")
-    return [name for (kind, _), name in OFFICIAL_NAMES.items() if kind in kinds]
+def selected(args) -> list:
+    kinds = GROUPS[args.only] if args.only else tuple(k for g in GROUPS.values() for k in g)
+    return [a for (kind, source), a in REGISTRY.items() if kind in kinds and args.source in (None, source)]
 
 
-def fetch(what: str, root: Path, quiet=False) -> str | None:
-    """Download one Drive folder into its directory. Returns None, or the reason it failed."""
-    import gdown
-
-    url, sub = OFFICIAL_FOLDERS[what]
-    target = root / sub
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        gdown.download_folder(url=url, output=str(target), quiet=quiet, use_cookies=False, resume=True)
-    except Exception as e:  # gdown's DownloadError / FileURLRetrievalError, requests' connection errors, OSError
-        return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else 'no details'}"
-    return None
+def _place(src: Path, dest: Path):
+    """Copy (or hard-link) a verified file into the project, atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic(dest) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
-def collect(what: str, root: Path) -> list:
-    """Lines of the report for one folder; expected files that landed in a sub-folder are moved up."""
-    _, sub = OFFICIAL_FOLDERS[what]
-    target = root / sub
-    lines = []
-    for name in expected(what):
-        top = target / name
-        nested = [p for p in sorted(target.rglob(name)) if p != top] if target.is_dir() else []
-        if not top.is_file() and nested:
-            os.replace(nested[0], top)
-            lines.append(f"  found    {sub}/{name} ({top.stat().st_size:,} bytes; moved up from "
-                         f"{nested[0].relative_to(target)})")
-        elif top.is_file():
-            lines.append(f"  found    {sub}/{name} ({top.stat().st_size:,} bytes)")
-        else:
-            lines.append(f"  MISSING  {sub}/{name}")
-    others = sorted(p for p in target.rglob("*") if p.suffix in SUFFIXES and p.name not in expected(what)) \
-        if target.is_dir() else []
-    lines += [f"  also     {p.relative_to(root)} ({p.stat().st_size:,} bytes; not a name MRAD looks for: give it "
-              f"with a path option or `mrad convert` it)" for p in others]
-    return lines
+def verdict(art, path: Path) -> tuple:
+    """(ok, text) for one local file against the registry's table."""
+    digest, off = file_sha256(path), art.official
+    if digest == off.sha256:
+        return True, "ok       sha256 matches the table"
+    if digest in drive.accepted(off):
+        return True, f"accepted sha256 {digest} (MRAD_ACCEPT_DIGESTS; the table says {off.sha256})"
+    return False, f"MISMATCH sha256 {digest}, the table says {off.sha256}"
+
+
+def verify(arts, root: Path) -> int:
+    bad = 0
+    for art in arts:
+        off = art.official
+        places = [root / art.local_dir / off.name, drive.cache_dir() / off.name]
+        found = [p for p in places if p.is_file()]
+        if not found:
+            bad += 1
+            print(f"  MISSING  {off.name} (looked in {', '.join(str(p.parent) for p in places)}; Drive id "
+                  f"{off.drive_id}, {off.link})")
+        for path in found:
+            ok, text = verdict(art, path)
+            bad += not ok
+            print(f"  {text}: {path} ({path.stat().st_size:,} bytes)")
+    print(f"{bad} file(s) missing or not matching" if bad else "every file matches the registry's table")
+    return 1 if bad else 0
 
 
 def run(args):
     root = Path(args.root) if args.root else project_dirs()[0]
-    folders = [args.only] if args.only else list(OFFICIAL_FOLDERS)
-    failures = {}
-    for what in folders:
-        print(f"fetching the authors' {what} from {OFFICIAL_FOLDERS[what][0]} into {root / OFFICIAL_FOLDERS[what][1]}")
-        failure = fetch(what, root, args.quiet)
-        if failure:
-            failures[what] = failure
-    lines, missing = [], 0
-    for what in folders:
-        part = collect(what, root)
-        missing += sum("MISSING" in line for line in part)
-        lines += [f"{what} ({OFFICIAL_FOLDERS[what][0]}):"] + part
-    print("\n".join(lines))
+    arts = selected(args)
+    if args.verify:
+        print(f"checking the authors' files in {root} and {drive.cache_dir()} against mrad_core/registry.py:")
+        return verify(arts, root)
+    if drive.url_template() is None:
+        raise MRADError("Google Drive downloads are off (MRAD_DRIVE_URL=off or HF_HUB_OFFLINE=1): unset them, or "
+                        "download the files by hand (`mrad fetch-official --verify` lists their links)")
+    failures = []
+    for art in arts:
+        off = art.official
+        dest = root / art.local_dir / off.name
+        if dest.is_file() and verdict(art, dest)[0]:
+            print(f"  present  {dest} (sha256 checked)")
+            continue
+        if dest.is_file():
+            print(f"  replacing {dest}: {verdict(art, dest)[1]}")
+        print(f"fetching {off.name} ({art.label}) from Google Drive, file id {off.drive_id}")
+        try:
+            cached = drive.fetch_original(art, [root])
+        except drive.DriveError as e:
+            failures.append(str(e))
+            print(f"  FAILED   {off.name}")
+            if unreachable(e):  # no network: the other files would fail the same way
+                break
+            continue
+        _place(cached, dest)
+        print(f"  fetched  {dest} ({dest.stat().st_size:,} bytes, sha256 {file_sha256(dest)})")
     if failures:
-        raise MRADError("; ".join(f"downloading the {w} failed ({why}): download the folder by hand from "
-                                  f"{OFFICIAL_FOLDERS[w][0]} into {root / OFFICIAL_FOLDERS[w][1]}"
-                                  for w, why in failures.items()))
-    if missing:
-        print(f"{missing} expected file(s) missing: the Drive folders may use other names (see 'also' above)")
-        return 1
-    print("all expected files are in place; the app and `mrad predict` find them there")
+        raise MRADError(" | ".join(failures))
+    print("all files are in place and verified; the app and `mrad predict` find them there "
+          "(`mrad convert` turns them into safetensors)")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -11,8 +12,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import VARIANTS
+from ..records import scores_entry
 from ..errors import MRADError
+from ..explain import bank_note, top_entries
 from ..images import load_image
+from ..profile import Profile, mismatches, setup_identity
 from .common import add_model_args, detector_from_args
 
 COMMAND = "predict"
@@ -21,12 +25,18 @@ COMMAND = "predict"
 def add_parser(sub, name):
     p = sub.add_parser(name, help="score images and write anomaly maps",
                        description="Encode each image once and score it with the chosen variants. Writes "
-                                   "OUT/scores.json ({stem: {variant: {score, image_prob}}}), "
+                                   "OUT/scores.json ({stem: {variant: {score, image_prob, map_top}}}), "
                                    "OUT/<stem>.<variant>.npy (smoothed 518x518 float32 map) and OUT/run.json "
                                    "(how the run was made: engine, precision, device, variants).")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--variant", choices=(*VARIANTS, "all"), default="all", help="default: %(default)s")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--profile", metavar="JSON", default=None,
+                   help="inspection profile from `mrad calibrate`: adds \"anomalous\": true|false per variant "
+                        "(score above that variant's image threshold)")
+    p.add_argument("--explain", type=int, metavar="K", default=0,
+                   help="add per variant \"top_entries\": the K image-bank entries the image retrieval weighted "
+                        "most ([{index, id, label, weight}], weight descending; CLIP shows FT's retrieval)")
     add_model_args(p)
     p.set_defaults(run=run)
 
@@ -44,9 +54,19 @@ def run(args):
     stems = _stems(args.images)
     for path in args.images:  # every image must be readable before any work or output
         load_image(path)
+    if args.explain < 0:
+        raise MRADError(f"--explain takes the number of top entries (>= 1), not {args.explain}")
+    profile = Profile.load(args.profile) if args.profile else None
     detector = detector_from_args(args)
     for v in variants:
         detector.require(v)
+        if profile is not None:
+            profile.variant(v)
+    if profile is not None:
+        for line in mismatches(profile, setup_identity(detector)):
+            print(f"mrad predict: warning: {line}; its thresholds may not fit", file=sys.stderr)
+    if args.explain and bank_note(detector.image_bank):
+        print(f"note: {bank_note(detector.image_bank)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".mrad-predict-", dir=out))
@@ -57,7 +77,11 @@ def run(args):
             scores[stem] = {}
             for v in variants:
                 result = detector.score(encoding, v)
-                scores[stem][v] = {"score": float(result.score[0]), "image_prob": float(result.image_prob[0])}
+                scores[stem][v] = scores_entry(result)
+                if profile is not None:
+                    scores[stem][v]["anomalous"] = bool(profile.is_anomalous(v, result.score[0]))
+                if args.explain:
+                    scores[stem][v]["top_entries"] = top_entries(detector, encoding, v, args.explain)[0]
                 np.save(staging / f"{stem}.{v}.npy", result.map[0].astype(np.float32))
         (staging / "scores.json").write_text(json.dumps(scores, indent=1))
         (staging / "run.json").write_text(json.dumps({**detector.run_info, "variants": list(variants)}, indent=1))

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import MRADError
+from ..errors import MRADError, first_line
 from ..hub import project_dirs
 from ..registry import BACKBONE, LICENCES, REGISTRY, SPDX
 
@@ -73,8 +73,9 @@ def model_card(files: list, digests: dict, repo_id: str) -> str:
 # MRAD heads and memory banks
 
 Files for MRAD, "Zero-Shot Anomaly Detection with Memory-Driven Retrieval" (ICLR 2026), in the safetensors
-layout of `mrad_core` (no pickles). The app and `mrad predict` download them lazily from `{repo_id}` with
-`hf_hub_download` and check each file's sha256 against the list below.
+layout of `mrad_core` (no pickles). With `MRAD_HUB_REPO={repo_id}` (and `MRAD_HUB_REVISION` pinned to a commit of
+this repo) the app and `mrad predict` download them lazily with `hf_hub_download` and check each file against the
+sha256 the Hub recorded, which are the digests listed below.
 
 | file | what | bytes | sha256 |
 |---|---|---|---|
@@ -131,8 +132,7 @@ def run(args):
                 info = api.upload_folder(repo_id=args.repo, folder_path=tmp, revision=args.revision,
                                          commit_message=args.message)
             except Exception as e:  # huggingface_hub HTTP errors, missing login
-                raise MRADError(f"upload to {args.repo} failed ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:300]}); log in with `hf auth login` or set HF_TOKEN "
+                raise MRADError(f"upload to {args.repo} failed ({first_line(e, 300)}); log in with `hf auth login` or set HF_TOKEN "
                                 f"(a token with write access)") from e
         print(f"uploaded {len(files)} file(s) to {getattr(info, 'commit_url', args.repo)}")
         print(f"pin it: MRAD_HUB_REPO={args.repo} MRAD_HUB_REVISION={getattr(info, 'oid', '<commit>')}")

@@ -1,0 +1,263 @@
+"""Where a source's heads and memory banks come from, and the banks people build in the app.
+
+Sources (keys; the app shows their labels):
+    visa, mvtec   the paper's files, found (or downloaded) by the resolver in loading.py
+    env           the files given by MRAD_HEADS / MRAD_IMAGE_BANK / MRAD_PATCH_BANK (they replace visa and mvtec)
+    examples      a bank built on first use from the synthetic images in assets/bank
+    custom        a bank built in the app from uploads; kept as two safetensors files under the work directory,
+                  so any process (a fresh ZeroGPU worker too) can load it by its id
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .bank import BankBuilder, MemoryBank
+from .errors import MRADError
+from .heads import Heads
+from .images import ImageError, load_image, load_mask, preprocess
+from .lru import LRU
+
+SOURCE_LABELS = {
+    "env": "Your files (MRAD_HEADS / MRAD_IMAGE_BANK / MRAD_PATCH_BANK)",
+    "visa": "VisA memory + VisA-trained heads (the paper's pairing for MVTec AD and other datasets)",
+    "mvtec": "MVTec AD memory + MVTec-trained heads (the paper's pairing for VisA; non-commercial)",
+    "examples": "Built-in synthetic examples (assets/bank; MRAD-TF with the CLIP backbone alone)",
+    "custom": "My bank (build it in the Bank tab)",
+}
+BANK_ID = re.compile(r"[0-9a-f]{12}")
+KEPT_BANKS = 16  # custom banks kept in memory (their files stay until the work directory is tidied)
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    """What a source is and what it has, as plain facts (the app words them)."""
+
+    key: str
+    label: str
+    lines: tuple  # one fact per line: files and their origin, what is missing and how to provide it, licence
+    missing: bool  # something needed is missing
+
+
+def safe_name(text: str, default: str = "bank") -> str:
+    """A file-name-safe version of a user's name for something."""
+    return re.sub(r"[^\w.-]+", "_", str(text).strip())[:60].strip("._") or default
+
+
+class Catalogue:
+    """The sources one service offers and the custom banks built in it."""
+
+    def __init__(self, settings, workdir: Path):
+        self.settings = settings
+        self.bank_dir = Path(workdir) / "banks"
+        self._banks = LRU(KEPT_BANKS)  # bank id -> (image bank, patch bank)
+
+    # ------------------------------------------------------------------ sources
+    def keys(self) -> list:
+        """Source keys offered in this setup; MRAD_* files replace the paper's sources."""
+        return (["env"] if self.settings.uses_own_files else ["visa", "mvtec"]) + ["examples", "custom"]
+
+    def choices(self) -> list:
+        return [(SOURCE_LABELS[k], k) for k in self.keys()]
+
+    def check(self, key) -> str:
+        if key not in self.keys():
+            raise MRADError(f"unknown source {key!r}; choose one of: "
+                            + "; ".join(f"{SOURCE_LABELS[k]} ({k})" for k in self.keys()))
+        return key
+
+    def default(self) -> str:
+        """MRAD_APP_SOURCE if offered; else your files; else VisA/MVTec when their banks are here; else examples."""
+        if self.settings.app_source in self.keys():
+            return self.settings.app_source
+        if self.settings.uses_own_files:
+            return "env"
+        for key in ("visa", "mvtec"):
+            try:
+                if self.delivery(key).paths.get("image_bank"):
+                    return key
+            except Exception:  # a status check must never stop the app from opening
+                pass
+        return "examples"
+
+    def delivery(self, key):
+        """What is available for a paper source right now, without downloading (loading.Resolution)."""
+        from .loading import delivery_status
+        return delivery_status(source=key, model=self.settings.model)
+
+    def facts(self, key: str, bank_id=None) -> SourceFacts:
+        """What a source is and what is missing. Loads nothing."""
+        lines, missing = [], False
+        if key in ("visa", "mvtec"):
+            from .registry import LICENCES
+            try:
+                res = self.delivery(key)
+                lines += [s.line() for s in res.statuses if s.kind != "backbone"]
+                missing = any(not s.ok for s in res.statuses if s.kind != "backbone")
+            except Exception as e:
+                lines.append(f"status unavailable: {e}")
+                missing = True
+            lines.append(f"licence: {LICENCES[key]}")
+        elif key == "env":
+            files = self.settings.files
+            lines += [f"{k.replace('_', ' ')}: {v}" for k, v in files.items() if v and k != "backbone"]
+            if not (files.get("image_bank") and files.get("patch_bank")):
+                lines.append("missing: both MRAD_IMAGE_BANK and MRAD_PATCH_BANK must be set")
+                missing = True
+            if not files.get("heads"):
+                lines.append("no heads (MRAD_HEADS): only MRAD-TF can run")
+        elif key == "examples":
+            folder = self.settings.assets / "bank"
+            n = len([p for p in folder.glob("*.png") if not p.stem.endswith("_mask")])
+            lines.append(f"built on first use from the {n} synthetic images in {folder} (procedural textures, not "
+                         "dataset images); MRAD-FT and MRAD-CLIP run only when MRAD_HEADS gives heads")
+        elif key == "custom":
+            if bank_id and self.has_bank(bank_id):
+                lines.append("ready: " + self.bank_info(bank_id))
+            else:
+                lines.append("not built yet: upload normal images in the Bank tab")
+                missing = True
+        return SourceFacts(key, SOURCE_LABELS[key], tuple(lines), missing)
+
+    def variants(self, key: str, bank_id=None) -> tuple:
+        """The variants a source can run, judged from its files without loading them (MRAD-CLIP also needs the
+        prompt parts inside the heads, known only on load)."""
+        heads = bool(self.settings.files.get("heads"))
+        if key in ("visa", "mvtec"):
+            try:
+                paths = self.delivery(key).paths
+                heads = bool(paths.get("heads")) or not paths.get("image_bank")  # nothing here yet: all may come
+            except Exception:
+                heads = True
+        return ("tf", "ft", "clip") if heads else ("tf",)
+
+    def parts(self, key: str, bank_id, build_examples) -> tuple:
+        """(heads or None, image bank, patch bank) of a source. `build_examples()` builds the examples bank."""
+        files = self.settings.files
+        heads = Heads.load(files["heads"]) if files.get("heads") else None
+        if key in ("visa", "mvtec"):
+            from .loading import resolve_artefacts
+            res = resolve_artefacts(model=self.settings.model, source=key, download=self.settings.download,
+                                    require=("tf",), strict_backbone=False)
+            heads = Heads.load(res.paths["heads"]) if res.paths.get("heads") else None
+            return (heads, MemoryBank.load(res.paths["image_bank"], "image"),
+                    MemoryBank.load(res.paths["patch_bank"], "patch"))
+        if key == "env":
+            if not (files.get("image_bank") and files.get("patch_bank")):
+                raise MRADError("MRAD_IMAGE_BANK and MRAD_PATCH_BANK must both be set to memory bank files")
+            return heads, MemoryBank.load(files["image_bank"], "image"), MemoryBank.load(files["patch_bank"], "patch")
+        if key == "examples":
+            return (heads, *build_examples())
+        return (heads, *self.bank(bank_id))
+
+    def example_images(self) -> tuple:
+        """(images, masks or None, ids) of the built-in bank in assets/bank."""
+        folder = self.settings.assets / "bank"
+        images = sorted(p for p in folder.glob("*.png") if not p.stem.endswith("_mask"))
+        if not images:
+            raise MRADError(f"no example images in {folder}: run `python assets/make_examples.py`")
+        masks = [folder / f"{p.stem}_mask.png" for p in images]
+        return images, [m if m.is_file() else None for m in masks], [p.stem for p in images]
+
+    # ------------------------------------------------------------------ custom banks
+    def add_bank(self, banks: tuple, name: str) -> str:
+        """Keep a custom (image bank, patch bank) pair as files and in memory; returns its id."""
+        bank_id = uuid.uuid4().hex[:12]
+        folder = self.bank_dir / bank_id
+        folder.mkdir(parents=True)
+        stem = safe_name(name)
+        banks[0].save(folder / f"{stem}_image_bank.safetensors")
+        banks[1].save(folder / f"{stem}_patch_bank.safetensors")
+        self._banks.put(bank_id, banks)
+        return bank_id
+
+    def _folder(self, bank_id) -> Path:
+        if not isinstance(bank_id, str) or not BANK_ID.fullmatch(bank_id):
+            raise MRADError("no custom bank yet: build one in the Bank tab from your normal images")
+        return self.bank_dir / bank_id
+
+    def has_bank(self, bank_id) -> bool:
+        try:
+            return bank_id in self._banks or any(self._folder(bank_id).glob("*_image_bank.safetensors"))
+        except MRADError:
+            return False
+
+    def bank_files(self, bank_id) -> list:
+        """[image bank file, patch bank file] of a custom bank."""
+        folder = self._folder(bank_id)
+        image = sorted(folder.glob("*_image_bank.safetensors"))
+        patch = sorted(folder.glob("*_patch_bank.safetensors"))
+        if not (image and patch):
+            raise MRADError("this custom bank is gone (banks are kept for a few hours): build it again in the "
+                            "Bank tab")
+        return [image[0], patch[0]]
+
+    def bank(self, bank_id) -> tuple:
+        """(image bank, patch bank) of a custom bank: from memory, else from its files (another process built it)."""
+        banks = self._banks.get(bank_id)
+        if banks is None:
+            image, patch = self.bank_files(bank_id)
+            banks = (MemoryBank.load(image, "image"), MemoryBank.load(patch, "patch"))
+            self._banks.put(bank_id, banks)
+        return banks
+
+    def bank_info(self, bank_id) -> str:
+        image, patch = self.bank(bank_id)
+        n_bad = int(image.labels.sum())
+        return (f"'{image.source}': {len(image)} images ({len(image) - n_bad} normal, {n_bad} defect), "
+                f"{len(patch)} patch regions")
+
+    def custom_inputs(self, normal, defects) -> tuple:
+        """Uploads -> (images, masks or None, ids, notes). `defects` holds defect images and their masks, paired
+        by name (x.png + x_mask.png). Without defect images the synthetic defects of assets/bank are the anomalous
+        memories (retrieval needs both kinds)."""
+        masks = {Path(p).stem[:-5]: p for p in defects if Path(p).stem.endswith("_mask")}
+        notes, images, image_masks, ids = [], [], [], []
+        todo = [(p, False) for p in normal] + [(p, True) for p in defects if not Path(p).stem.endswith("_mask")]
+        limit = self.settings.max_bank_images
+        if len(todo) > limit:
+            notes.append(f"{len(todo) - limit} image(s) left out: a bank built here takes at most {limit}")
+            todo = todo[:limit]
+        for src, is_defect in todo:
+            if is_defect and Path(src).stem not in masks:
+                notes.append(f"{Path(src).name}: skipped, a defect image needs its mask ({Path(src).stem}_mask.png)")
+                continue
+            try:  # checked now, decoded again chunk by chunk when encoded (bounded memory)
+                load_image(src, self.settings.max_pixels)
+            except ImageError as e:
+                notes.append(str(e))
+                continue
+            images.append(src)
+            image_masks.append(masks[Path(src).stem] if is_defect else None)
+            ids.append(Path(src).stem)
+        if not any(m is None for m in image_masks):
+            raise MRADError("no usable normal image: " + ("; ".join(notes) or "upload at least one"))
+        if all(m is None for m in image_masks):
+            synth = sorted((self.settings.assets / "bank").glob("*_mask.png"))
+            images += [p.with_name(p.name.replace("_mask", "")) for p in synth]
+            image_masks += synth
+            ids += [p.stem.replace("_mask", "") for p in synth]
+            notes.append(f"no defect images given: the {len(synth)} synthetic defects of assets/bank were added "
+                         "as the anomalous memories (MRAD retrieves between normal and anomalous memories)")
+        return images, image_masks, ids, notes
+
+
+def build_banks(calls, encoder, images, masks, ids, chunk: int = 8, progress=None, **meta) -> tuple:
+    """Encode images (paths; each once, `chunk` at a time so memory stays bounded) with masks (None = normal)
+    -> (image bank, patch bank). `calls.encode(encoder, pixels)` runs the model; progress(fraction, text)."""
+    builder = BankBuilder(**meta)
+    size = encoder.config.image_size
+    for start in range(0, len(images), chunk):
+        if progress:
+            progress(start / len(images), f"encoding bank images {start + 1}-{min(len(images), start + chunk)} "
+                                          f"of {len(images)}")
+        part = slice(start, start + chunk)
+        pixels = torch.stack([preprocess(load_image(p).image, size) for p in images[part]])
+        enc = calls.encode(encoder, pixels)
+        labels = [int(m is not None) for m in masks[part]]
+        builder.add(enc.to("cpu"), labels, torch.stack([load_mask(m, size) for m in masks[part]]), ids[part])
+    return builder.build()

@@ -1,0 +1,30 @@
+"""Writing files so that no reader ever sees half of one: write under a temporary name beside the target, then
+rename it into place in one step (os.replace); on an error the temporary file is removed and the target untouched.
+
+    with atomic(out / "scores.csv") as tmp:
+        tmp.write_text(text)
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic(path):
+    """Yield a temporary path beside `path`; it replaces `path` when the block ends without an error."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path, text: str) -> Path:
+    """Write `text` to `path` atomically."""
+    with atomic(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
