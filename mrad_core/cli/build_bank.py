@@ -63,8 +63,9 @@ def run(args):
     ok = False
     try:
         config = replace(DEFAULT, model_name=args.model or DEFAULT.model_name)
+        engine = engine_from_args(args, device, openvino_default=True)
         detector = Detector.from_files(backbone, config=config, device=device, precision=args.precision,
-                                       batch_size=args.batch_size, engine=engine_from_args(args, device))
+                                       batch_size=args.batch_size, engine=engine)
         out = Path(args.out)
         work = out / ".build-work"
         if args.fresh and shard.main:

@@ -43,22 +43,23 @@ def add_model_args(parser, precision_default="fp32", engine=True):
     if engine:  # who runs the image encoder; commands that train need PyTorch's own
         parser.add_argument("--engine", choices=ENGINES, default=None,
                             help="who runs the image encoder: openvino (CPU; fp32 matches the reference within the "
-                                 "parity bounds, and is faster) or torch [$MRAD_ENGINE] (default: openvino on a CPU "
-                                 "where it is installed, for fp32 and bf16, else torch; with --precision auto, the "
-                                 "fastest engine within the bounds)")
+                                 "parity bounds, and is faster) or torch [$MRAD_ENGINE] (default: in predict and "
+                                 "build-bank openvino on a CPU where it is installed, for fp32 and bf16; else torch; "
+                                 "with --precision auto, the fastest engine within the bounds)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
 
 
-def engine_from_args(args, device=None):
-    """--engine > $MRAD_ENGINE > (precision auto: None, resolved with it) > openvino on a CPU where installed."""
+def engine_from_args(args, device=None, openvino_default=False):
+    """--engine > $MRAD_ENGINE > (precision auto: None, resolved with it) > with openvino_default (predict,
+    build-bank), openvino on a CPU where installed > torch."""
     engine = getattr(args, "engine", None) or os.environ.get("MRAD_ENGINE") or None
     if engine is None and getattr(args, "precision", "fp32") != "auto":
         engine = default_engine(resolve_device(device if device is not None else args.device),
-                                getattr(args, "precision", "fp32"))
+                                getattr(args, "precision", "fp32")) if openvino_default else "torch"
     return check_engine(engine) if engine else None
 
 
-def detector_from_args(args):
+def detector_from_args(args, openvino_default=False):
     """A Detector from the parsed options; files needed by the requested --variant (if any) must be found."""
     from ..loading import load_detector
 
@@ -69,6 +70,6 @@ def detector_from_args(args):
         source = source_for_dataset(args.dataset)  # the paper's pairing: MVTec -> VisA files, VisA -> MVTec files
     return load_detector(args.backbone, args.heads, args.image_bank, args.patch_bank, model=args.model,
                          device=args.device, precision=args.precision, batch_size=args.batch_size,
-                         engine=engine_from_args(args),
+                         engine=engine_from_args(args, openvino_default=openvino_default),
                          source=source, repo_id=getattr(args, "hub_repo", None),
                          revision=getattr(args, "hub_revision", None), require=require)

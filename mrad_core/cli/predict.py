@@ -57,7 +57,7 @@ def run(args):
     if args.explain < 0:
         raise MRADError(f"--explain takes the number of top entries (>= 1), not {args.explain}")
     profile = Profile.load(args.profile) if args.profile else None
-    detector = detector_from_args(args)
+    detector = detector_from_args(args, openvino_default=True)
     for v in variants:
         detector.require(v)
         if profile is not None:
