@@ -2,12 +2,17 @@
 """MRAD benchmark on the full-size parity fixture: prints a table of ratios and writes JSON.
 
     python bench/bench.py [--device cpu|cuda] [--repeats 3] [--batch 4] [--out bench/results/bench.json]
+                          [--cold] [--record]
 
 Measured inside one run (the machines are noisy, so compare ratios, not seconds across runs):
-  1. all three variants on one image: one encode per variant (naive, like three reference runs) vs one shared encode;
-     also against the reference's own timings on this CPU (../shared/parity/timing.json)
-  2. fp32 vs bf16 / bf16-mlp (only the MLPs in bf16) / fp16: encode time, and the accuracy cost on the three parity
-     queries (max abs map difference and map correlation against fp32; the bound for a default is 1e-2 and 0.999)
+  1. engines x precisions side by side (PyTorch fp32 / bf16-mlp / bf16 (/ fp16 on CUDA), OpenVINO fp32 / bf16), each
+     engine in its own process: all three variants on one image with one shared encode (marginal cost: median over
+     the three parity queries after a warm-up), against the reference's three runs on this CPU
+     (../shared/parity/timing.json); first start (load, and the OpenVINO conversion: --cold forces it in a fresh
+     cache); peak RSS of that process; also one encode per variant (naive) with the default engine
+  2. accuracy of every pair against PyTorch fp32 on the three parity queries x three variants (max abs map
+     difference and map correlation; the bound for a default is 1e-2 and 0.999); --record writes these facts for
+     this CPU class into mrad_core/engine_facts.json, from which `--precision auto` picks its engine and precision
   3. batch 1 vs batch N encode throughput
   4. slider re-render: three 518x518 overlays from cached maps (no model call)
   5. bank building: images/s with one encode per image vs the reference (two encodes per image)
@@ -23,6 +28,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,13 +37,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mrad_core import BankBuilder, load_mask  # noqa: E402
+from mrad_core import BankBuilder, engines, load_mask  # noqa: E402
 from mrad_core.loading import load_detector  # noqa: E402
 
 VARIANTS = ("tf", "ft", "clip")
-PRECISIONS = ("fp32", "bf16", "bf16-mlp", "fp16")  # fp32 first: the others are compared with it
 QUERIES = ("query_good", "query_bad", "query_bad_small")
 BOUND_MAX_ABS, BOUND_CORR = 1e-2, 0.999
+
+
+def combos(device: str) -> dict:
+    """engine -> precisions to measure; fp32 first (the others are compared with PyTorch fp32)."""
+    if device.startswith("cuda"):
+        return {"torch": ("fp32", "bf16", "fp16")}
+    out = {"torch": ("fp32", "bf16-mlp", "bf16")}
+    if engines.openvino_available():
+        out["openvino"] = ("fp32", "bf16")
+    return out
 
 
 def timed(fn, repeats):
@@ -57,72 +72,134 @@ def fixture_backbone(shared: Path) -> Path:
     return path
 
 
+def load(parity: Path, shared: Path, device=None, engine=None):
+    return load_detector(fixture_backbone(shared), parity / "heads_official.pth", parity / "cache_model_fixture.pt",
+                         parity / "cache_patch_model_fixture.pt", device=device, engine=engine)
+
+
+def worker(args):
+    """One engine in this process: start time, then per precision the three-variant time (median over the three
+    queries, after a warm-up) and every query's maps (to args.maps, .npz); JSON on stdout's last line."""
+    parity = args.shared / "parity"
+    t = time.perf_counter()
+    det = load(parity, args.shared, args.device, args.worker)
+    res = {"engine": args.worker, "start_s": time.perf_counter() - t,
+           "engine_info": getattr(det.engine, "info", {}), "precisions": {}}
+    sync = torch.cuda.synchronize if det.device.type == "cuda" else (lambda: None)
+    maps = {}
+    for precision in args.precisions.split(","):
+        det.precision = precision
+        det.predict([parity / "images" / "query_bad.png"])  # warm-up (and OpenVINO's compile for this precision)
+        times = []
+        for _ in range(args.repeats):
+            for q in QUERIES:
+                t = time.perf_counter()
+                out = det.predict([parity / "images" / f"{q}.png"])
+                sync()
+                times.append(time.perf_counter() - t)
+                maps.update({f"{precision}.{q}.{v}": r.map[0] for v, r in out.items()})
+        res["precisions"][precision] = {"three_variants_s": statistics.median(times)}
+    np.savez(args.maps, **maps)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if det.device.type == "cuda":
+        res["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    print(json.dumps(res))
+
+
+def run_worker(engine, precisions, args, tmp: Path, cold: bool):
+    env = dict(os.environ)
+    if cold:  # a fresh cache: this start converts
+        env["MRAD_CACHE_DIR"] = str(tmp / f"cache-{engine}")
+    cmd = [sys.executable, __file__, "--worker", engine, "--precisions", ",".join(precisions), "--maps",
+           str(tmp / f"{engine}.npz"), "--repeats", str(args.repeats), "--shared", str(args.shared)]
+    if args.device:
+        cmd += ["--device", args.device]
+    done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1]), dict(np.load(tmp / f"{engine}.npz"))
+
+
+def accuracy(base: dict, maps: dict, precision: str) -> dict:
+    worst_abs, worst_corr = 0.0, 1.0
+    for q in QUERIES:
+        for v in VARIANTS:
+            a, b = base[f"fp32.{q}.{v}"].ravel(), maps[f"{precision}.{q}.{v}"].ravel()
+            worst_abs = max(worst_abs, float(np.abs(a - b).max()))
+            worst_corr = min(worst_corr, float(np.corrcoef(a, b)[0, 1]))
+    return {"max_abs_map_diff": worst_abs, "min_map_correlation": worst_corr,
+            "within_bounds": worst_abs <= BOUND_MAX_ABS and worst_corr >= BOUND_CORR}
+
+
+def record(pairs: list, path: Path = engines.FACTS):
+    """Write this CPU class's measured pairs into the facts `--precision auto` reads."""
+    facts = engines.recorded_facts(path)
+    keys = ("engine", "precision", "three_variants_s", "max_abs_map_diff", "min_map_correlation", "within_bounds")
+    facts[engines.cpu_class()] = [{k: float(f"{r[k]:.6g}") if isinstance(r[k], float) else r[k] for k in keys}
+                                  for r in pairs]
+    path.write_text(json.dumps(facts, indent=1) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=Path(os.environ.get("MRAD_SHARED", ROOT.parent / "shared")))
     ap.add_argument("--device", default=None)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1, help="passes over the three queries per pair (default 1)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench.json")
+    ap.add_argument("--cold", action="store_true", help="convert the OpenVINO encoder again, in a fresh cache")
+    ap.add_argument("--record", action="store_true", help="write the facts for --precision auto (engine_facts.json)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--precisions", help=argparse.SUPPRESS)
+    ap.add_argument("--maps", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return worker(args)
     parity = args.shared / "parity"
-    det = load_detector(fixture_backbone(args.shared), parity / "heads_official.pth",
-                        parity / "cache_model_fixture.pt", parity / "cache_patch_model_fixture.pt", device=args.device)
+    ref = json.loads((parity / "timing.json").read_text())
+    ref_three = 3 * (statistics.median(ref["encode_s"])) + sum(
+        statistics.median(ref[f"{h}_head_s"]) for h in VARIANTS)
+    res = {"cpu": platform.processor() or platform.machine(), "cpu_class": engines.cpu_class(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "openvino": engines._import_openvino().__version__ if engines.openvino_available() else None,
+           "reference_three_runs_s": ref_three}
+
+    # 1.-2. engines x precisions, each engine in its own process (clean peak RSS and first start)
+    pairs, base = [], None
+    with tempfile.TemporaryDirectory(prefix="mrad-bench-") as tmp:
+        for engine, precisions in combos(args.device or "cpu").items():
+            out, maps = run_worker(engine, precisions, args, Path(tmp), args.cold and engine == "openvino")
+            base = maps if engine == "torch" else base
+            for precision, r in out["precisions"].items():
+                pairs.append({"engine": engine, "precision": precision, **r,
+                              "speedup_vs_reference": ref_three / r["three_variants_s"],
+                              **accuracy(base, maps, precision),
+                              "start_s": out["start_s"], "peak_rss_mb": out["peak_rss_mb"],
+                              "converted": out["engine_info"].get("converted"),
+                              "convert_s": out["engine_info"].get("convert_s")})
+    res["pairs"] = pairs
+    torch_fp32 = next(r for r in pairs if r["engine"] == "torch" and r["precision"] == "fp32")
+    for r in pairs:
+        r["speedup_vs_torch_fp32"] = torch_fp32["three_variants_s"] / r["three_variants_s"]
+    facts = {engines.cpu_class(): pairs}
+    default_engine = engines.default_engine(args.device or "cpu")
+    res["default"] = {"engine": default_engine, "precision": "fp32"}
+    res["auto"] = dict(zip(("engine", "precision"), engines.resolve_auto(args.device or "cpu", facts=facts)))
+    if args.record:
+        record(pairs)
+
+    det = load(parity, args.shared, args.device, default_engine)
+    res["device"] = str(det.device)
     cuda = det.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     query = [parity / "images" / "query_bad.png"]
-    res = {"device": str(det.device), "cpu": platform.processor() or platform.machine(),
-           "threads": torch.get_num_threads(), "torch": torch.__version__}
-    ref = json.loads((parity / "timing.json").read_text())
     det.encode(query)  # warm-up
 
-    # 1. three variants: naive (an encode per variant) vs shared (one encode)
-    def naive():
+    def naive():  # an encode per variant, like three reference runs
         for v in VARIANTS:
             det.score(det.encode(query), v)
         sync()
 
-    def shared():
-        enc = det.encode(query)
-        for v in VARIANTS:
-            det.score(enc, v)
-        sync()
-
-    rows = {}
-    for precision in PRECISIONS:
-        det.precision = precision
-        det.encode(query)
-        t_shared, _ = timed(shared, args.repeats)
-        rows[precision] = {"shared_s": t_shared}
-    det.precision = "fp32"
-    t_naive, _ = timed(naive, args.repeats)
-    ref_three = 3 * (statistics.median(ref["encode_s"])) + sum(
-        statistics.median(ref[f"{h}_head_s"]) for h in VARIANTS)
-    res["three_variants"] = {
-        "naive_fp32_s": t_naive, "reference_three_runs_s": ref_three,
-        **{f"shared_{p}_s": r["shared_s"] for p, r in rows.items()},
-        "speedup_shared_vs_naive_fp32": t_naive / rows["fp32"]["shared_s"],
-        **{f"speedup_{p}_vs_reference": ref_three / r["shared_s"] for p, r in rows.items()},
-    }
-
-    # 2. precision: accuracy against fp32 on every parity query
-    acc = {}
-    for precision in PRECISIONS:
-        det.precision = precision
-        acc[precision] = {q: det.predict([parity / "images" / f"{q}.png"]) for q in QUERIES}
-    det.precision = "fp32"
-    res["precision"] = {}
-    for precision in PRECISIONS[1:]:
-        worst_abs, worst_corr = 0.0, 1.0
-        for q in QUERIES:
-            for v in VARIANTS:
-                a, b = acc["fp32"][q][v].map.ravel(), acc[precision][q][v].map.ravel()
-                worst_abs = max(worst_abs, float(np.abs(a - b).max()))
-                worst_corr = min(worst_corr, float(np.corrcoef(a, b)[0, 1]))
-        res["precision"][precision] = {
-            "max_abs_map_diff": worst_abs, "min_map_correlation": worst_corr,
-            "within_bounds": worst_abs <= BOUND_MAX_ABS and worst_corr >= BOUND_CORR,
-            "encode_speedup_vs_fp32": rows["fp32"]["shared_s"] / rows[precision]["shared_s"]}
+    t_naive, _ = timed(naive, 1)
+    res["three_variants"] = {"naive_default_engine_fp32_s": t_naive, "reference_three_runs_s": ref_three}
 
     # 3. batch 1 vs batch N
     images = [parity / "images" / f"bank_{k}_{i}.png" for k in ("good", "bad") for i in range(3)][: args.batch]
@@ -138,7 +215,7 @@ def main():
     try:
         from mrad_core import viz
         base = np.asarray(det.pixels(query)[0].permute(1, 2, 0).mul(60).add(128).clamp(0, 255).byte())
-        maps = [acc["fp32"]["query_bad"][v].map[0] for v in VARIANTS]
+        maps = [r.map[0] for r in det.predict(query).values()]
         t_render, _ = timed(lambda: [viz.render(base, m) for m in maps], 10)
         res["rerender_three_views_ms"] = t_render * 1000
     except (ImportError, AttributeError, TypeError) as e:
@@ -159,7 +236,7 @@ def main():
     res["bank_building"] = {"images_per_s": 6 / t_bank, "reference_images_per_s": ref_rate,
                             "speedup_vs_reference": (6 / t_bank) / ref_rate}
 
-    # 6. memory
+    # 6. memory (of this process: the default engine, after the sections above)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cuda:
         res["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -172,20 +249,23 @@ def main():
 
 def report(r):
     t = r["three_variants"]
-    print(f"MRAD benchmark on {r['device']} ({r['cpu']}, {r['threads']} threads, torch {r['torch']})\n")
+    print(f"MRAD benchmark on {r['device']} ({r['cpu']}, class {r['cpu_class']}, {r['threads']} threads, "
+          f"torch {r['torch']}, openvino {r['openvino']})\n")
+    print("all three variants on one image, shared encode (marginal cost), vs the reference's three runs "
+          f"({r['reference_three_runs_s']:.1f} s) and vs PyTorch fp32; accuracy vs PyTorch fp32 (bounds 1e-2 / 0.999)")
+    print(f"{'engine':9s} {'precision':9s} {'s/image':>8s} {'vs ref':>7s} {'vs fp32':>8s} {'max|dmap|':>9s} "
+          f"{'min corr':>9s} {'bounds':>6s} {'start s':>8s} {'peak RSS MB':>11s}")
+    for p in r["pairs"]:
+        tag = " <- default" if (p["engine"], p["precision"]) == tuple(r["default"].values()) else ""
+        tag += " <- auto" if (p["engine"], p["precision"]) == tuple(r["auto"].values()) else ""
+        start = f"{p['start_s']:.1f}" + ("*" if p["converted"] else "")
+        print(f"{p['engine']:9s} {p['precision']:9s} {p['three_variants_s']:8.2f} {p['speedup_vs_reference']:6.1f}x "
+              f"{p['speedup_vs_torch_fp32']:7.2f}x {p['max_abs_map_diff']:9.1e} {p['min_map_correlation']:9.5f} "
+              f"{'ok' if p['within_bounds'] else 'OUT':>6s} {start:>8s} {p['peak_rss_mb']:11.0f}{tag}")
+    print("(* = this start converted the encoder to OpenVINO IR; later starts load it from the cache)\n")
     print(f"{'measure':58s} {'value':>12s}")
     line = lambda k, v: print(f"{k:58s} {v:>12s}")  # noqa: E731
-    line("three variants, naive (3 encodes, fp32) s", f"{t['naive_fp32_s']:.2f}")
-    for p in PRECISIONS:
-        line(f"three variants, shared encode ({p}) s", f"{t[f'shared_{p}_s']:.2f}")
-    line("reference, three runs (timing.json) s", f"{t['reference_three_runs_s']:.2f}")
-    line("speed-up shared vs naive (fp32)", f"{t['speedup_shared_vs_naive_fp32']:.1f}x")
-    for p in PRECISIONS:
-        line(f"speed-up shared ({p}) vs three reference runs", f"{t[f'speedup_{p}_vs_reference']:.1f}x")
-    for p, a in r["precision"].items():
-        ok = "ok" if a["within_bounds"] else "OUT"
-        line(f"{p}: max |map - fp32| / min corr / within bounds",
-             f"{a['max_abs_map_diff']:.1e} {a['min_map_correlation']:.5f} {ok}")
+    line("three variants, naive (3 encodes, default engine, fp32) s", f"{t['naive_default_engine_fp32_s']:.2f}")
     b = r["batch"]
     batched = b["batch%d_images_per_s" % b["n"]]
     line(f"encode throughput batch 1 vs batch {b['n']} (images/s)", f"{b['batch1_images_per_s']:.2f}/{batched:.2f}")

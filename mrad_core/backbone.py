@@ -62,6 +62,12 @@ def neighbour_average(tokens: torch.Tensor, kernels=(1, 3, 5)) -> torch.Tensor:
     return (pooled / len(kernels)).reshape(b, c, n).transpose(1, 2)
 
 
+def encoding_from_tokens(image_feature, patch_tokens, proj_tokens, kernels=(1, 3, 5)) -> Encoding:
+    """The encoder's three outputs (float32) -> Encoding, with the neighbour averages computed here."""
+    return Encoding(image_feature, patch_tokens, proj_tokens, neighbour_average(patch_tokens, kernels),
+                    neighbour_average(proj_tokens, kernels))
+
+
 def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
     """(1 + g0², W) position embedding -> (1 + grid², W): bilinear on the grid, class position kept."""
     g0 = int(round((pos.shape[0] - 1) ** 0.5))
@@ -113,21 +119,35 @@ class Backbone(nn.Module):
         self.patch = visual.conv1.kernel_size[0]
         self.grid = config.image_size // self.patch
         self.n_heads = visual.transformer.resblocks[0].attn.num_heads
+        self.weights_path = None  # the file the weights came from (set by `load`; keys the engines' caches)
+        self._image_dim, self._patch_dim = visual.proj.shape[1], visual.conv1.out_channels
         # resized once here, not per call
         self.register_buffer("pos_embed", resize_pos_embed(visual.positional_embedding.detach(), self.grid),
                              persistent=False)
 
     @classmethod
     def load(cls, weights=None, config: MRADConfig = DEFAULT):
-        return cls(load_clip(weights, config), config)
+        backbone = cls(load_clip(weights, config), config)
+        backbone.weights_path = None if weights is None else str(weights)
+        return backbone
 
     @property
     def image_dim(self):
-        return self.clip.visual.proj.shape[1]
+        return self._image_dim
 
     @property
     def patch_dim(self):
-        return self.clip.visual.conv1.out_channels
+        return self._patch_dim
+
+    @property
+    def has_vision(self) -> bool:
+        """False once `release_vision` handed the image tower to another engine."""
+        return self.clip.visual is not None
+
+    def release_vision(self):
+        """Free the PyTorch vision weights (an engine holds its own copy); the text tower stays."""
+        self.clip.visual = None
+        self.pos_embed = torch.empty(0)
 
     @staticmethod
     def _mlp(blk, x, mlp_dtype=None):
@@ -153,11 +173,20 @@ class Backbone(nn.Module):
         """(B, 3, S, S) normalised pixels, S = config.image_size -> Encoding.
         mlp_dtype (e.g. torch.bfloat16) runs only the MLPs in that precision: most of the compute, and the part
         where reduced precision costs the least accuracy (see bench/bench.py)."""
-        visual = self.clip.visual
+        if not self.has_vision:
+            raise MRADError("this backbone's PyTorch vision weights were released to another engine "
+                            "(e.g. OpenVINO); encode through the Detector, or load the backbone again")
         if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[2] != pixels.shape[3] or \
                 pixels.shape[2] // self.patch != self.grid:
             raise ValueError(f"expected pixels of shape (B, 3, {self.config.image_size}, "
                              f"{self.config.image_size}), got {tuple(pixels.shape)}")
+        image_feature, post, proj = self.encode_tokens(pixels, mlp_dtype)
+        return encoding_from_tokens(image_feature, post, proj, self.config.avg_kernels)
+
+    def encode_tokens(self, pixels: torch.Tensor, mlp_dtype=None):
+        """(B, 3, S, S) pixels -> image feature (B, E), patch tokens (B, N, W), projected tokens (B, N, E): the
+        traceable core of `encode_image` (no checks, no Python-side shape logic; engines convert this)."""
+        visual = self.clip.visual
         x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
         x = x.flatten(2).transpose(1, 2)  # (B, N, W)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
@@ -171,9 +200,7 @@ class Backbone(nn.Module):
         image_feature = o[:, 0] @ visual.proj
         post = visual.ln_post(s)[:, 1:]
         proj = post @ visual.proj
-        kernels = self.config.avg_kernels
-        return Encoding(image_feature.float(), post.float(), proj.float(),
-                        neighbour_average(post.float(), kernels), neighbour_average(proj.float(), kernels))
+        return image_feature.float(), post.float(), proj.float()
 
     def encode_text(self, prompts: torch.Tensor, eot: torch.Tensor, compound=()) -> torch.Tensor:
         """Text features of prompt *embeddings* with deep compound prompts.

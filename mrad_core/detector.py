@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 from dataclasses import dataclass, field, fields
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import maps
+from . import engines, maps
 from .backbone import Backbone, Encoding
 from .bank import MemoryBank
 from .config import DEFAULT, VARIANTS, MRADConfig
@@ -51,7 +50,8 @@ class Result:
 
 
 def fast_precision(device: torch.device) -> str:
-    """What precision `auto` means: the fastest one that keeps the maps within the bounds for a default (1e-2 max
+    """PyTorch's `auto` precision (engines.resolve_auto uses it when the benchmark recorded nothing for this CPU
+    and OpenVINO is not installed): the fastest one that keeps the maps within the bounds for a default (1e-2 max
     abs, correlation >= 0.999 of fp32 on the parity fixture; bench/bench.py measures them). On CUDA that is fp16
     autocast. On CPU, full bf16 misses the correlation bound (0.9976) while bf16 MLPs alone meet it (0.99998) at
     ~1.4x the fp32 speed; without native bf16 kernels it would only be slower, so such CPUs stay fp32."""
@@ -112,16 +112,23 @@ def synchronize(device: torch.device):
 
 
 class Detector:
-    """Holds the frozen backbone, the heads and both memory banks; all variants share one encoding."""
+    """Holds the frozen backbone, the heads and both memory banks; all variants share one encoding.
+
+    engine: who runs the image encoder, "torch" (default) or "openvino" (CPU; converts once, caches the IR and
+    releases the PyTorch vision weights; see engines.py). precision="auto" picks the engine too unless one is given
+    (engines.resolve_auto). `run_info` says which engine and precision are in use."""
 
     def __init__(self, backbone: Backbone, heads: Heads | None = None, image_bank: MemoryBank | None = None,
-                 patch_bank: MemoryBank | None = None, device=None, precision: str = "fp32", batch_size: int = 8):
+                 patch_bank: MemoryBank | None = None, device=None, precision: str = "fp32", batch_size: int = 8,
+                 engine: str | None = None):
         if precision not in (*PRECISIONS, "auto"):
             raise MRADError(f"precision must be one of {', '.join(PRECISIONS)} or auto, not {precision!r}")
         self.device = resolve_device(device)
-        self.precision = fast_precision(self.device) if precision == "auto" else precision
-        check_precision(self.precision, self.device)
-        if self.device.type == "cuda" and self.precision == "fp32":
+        if precision == "auto":  # the fastest engine (unless given) and precision inside the bounds
+            engine, precision = engines.resolve_auto(self.device, engine)
+        engine = engine or "torch"
+        check_precision(precision, self.device)
+        if self.device.type == "cuda" and precision == "fp32":
             # reproducible fp32: TF32 matmuls/convolutions round inputs to 10 mantissa bits and miss the parity bars
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
@@ -142,6 +149,10 @@ class Detector:
                                 f"{heads.patch_proj.fc[0].in_features} dims, the backbone gives "
                                 f"{backbone.image_dim}/{backbone.patch_dim}")
             self.heads = heads.to(self.device).eval().requires_grad_(False)
+        self.precision = precision
+        # who runs the image encoder ("torch" | "openvino"); OpenVINO releases the PyTorch vision weights
+        self.engine = engines.make_engine(engine, self.backbone, self.device)
+        self.engine.check(self.precision)
         self._ft_keys = None  # bank keys through the FT key projections, computed once
 
     @classmethod
@@ -176,12 +187,6 @@ class Detector:
         raise MRADError("MRAD-CLIP needs a checkpoint with prompt_learner and prompt_proj; "
                         "these heads hold only the MRAD-FT projections")
 
-    def _autocast(self):
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def pixels(self, images) -> torch.Tensor:
         """Image sources (paths, bytes, PIL, arrays) -> (B, 3, S, S) model input."""
         return torch.stack([preprocess(load_image(im).image, self.config.image_size) for im in images])
@@ -191,12 +196,14 @@ class Detector:
         """Images (sources, or a (B, 3, S, S) tensor of preprocessed pixels) -> Encoding, in batches."""
         pixels = images if isinstance(images, torch.Tensor) else self.pixels(images)
         out = []
-        mlp_dtype = torch.bfloat16 if self.precision == "bf16-mlp" else None
         for start in range(0, len(pixels), self.batch_size):
-            with self._autocast():
-                batch = pixels[start:start + self.batch_size].to(self.device)
-                out.append(self.backbone.encode_image(batch, mlp_dtype=mlp_dtype))
+            out.append(self.engine.encode(pixels[start:start + self.batch_size], self.precision))
         return Encoding.cat(out)
+
+    @property
+    def run_info(self) -> dict:
+        """Which engine and precision encode images (for scores.json / run.json and status lines)."""
+        return {"engine": self.engine.name, "precision": self.precision, "device": self.device.type}
 
     def _ft_bank_keys(self):
         if self._ft_keys is None:

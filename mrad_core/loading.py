@@ -139,10 +139,10 @@ def resolve_artefacts(backbone=None, heads=None, image_bank=None, patch_bank=Non
 
 def load_detector(backbone=None, heads=None, image_bank=None, patch_bank=None, model=None, device=None,
                   precision="fp32", batch_size=8, *, source=None, repo_id=None, revision=None,
-                  download: bool = True, require=(), resolution: Resolution | None = None):
+                  download: bool = True, require=(), resolution: Resolution | None = None, engine=None):
     """Build a Detector from paths, the environment, the project, the HF cache or the Hub (in that order).
     The Resolution used is kept as `detector.delivery` (its `.report()` and `.missing` say what is absent).
-    Raises MRADError subclasses with readable messages."""
+    engine: "torch" | "openvino" | None (see Detector). Raises MRADError subclasses with readable messages."""
     from .detector import Detector
 
     if resolution is None:
@@ -150,7 +150,7 @@ def load_detector(backbone=None, heads=None, image_bank=None, patch_bank=None, m
                                        repo_id=repo_id, revision=revision, download=download, require=require)
     config = replace(DEFAULT, model_name=model or DEFAULT.model_name)
     detector = Detector.from_files(**resolution.paths, config=config, device=device, precision=precision,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, engine=engine)
     detector.delivery = resolution
     return detector
 

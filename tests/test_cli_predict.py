@@ -28,6 +28,9 @@ def test_writes_the_contract_files(tiny_files, args, tmp_path, capsys):
             m = np.load(out / f"{stem}.{v}.npy")
             assert m.shape == (518, 518) and m.dtype == np.float32
     assert "wrote 2 image(s) x 3 variant(s)" in capsys.readouterr().out
+    run = json.loads((out / "run.json").read_text())
+    assert run["precision"] == "fp32" and run["engine"] in ("torch", "openvino") and run["device"] == "cpu"
+    assert run["variants"] == ["tf", "ft", "clip"]
 
 
 def test_single_variant_and_env_paths(tiny_files, tmp_path, monkeypatch):
@@ -37,7 +40,7 @@ def test_single_variant_and_env_paths(tiny_files, tmp_path, monkeypatch):
     out = tmp_path / "o"
     assert main(["predict", tiny_files["images"][0], "--variant", "tf", "--out", str(out), "--model",
                  tiny_files["model"]]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["query_0.tf.npy", "scores.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["query_0.tf.npy", "run.json", "scores.json"]
 
 
 def _fails(argv, capsys, message):

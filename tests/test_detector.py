@@ -91,7 +91,10 @@ def test_bf16_runs_and_stays_close(tiny_files, backbone, banks):
 
 def test_auto_precision_on_cpu(backbone):
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert Detector(backbone, device="cpu", precision="auto").precision == ("bf16-mlp" if native else "fp32")
+    # PyTorch's own auto (the engine's facts for this CPU class, else the native-bf16 rule); the engine choice of
+    # precision="auto" without engine= is tested in test_engines.py
+    det = Detector(backbone, device="cpu", precision="auto", engine="torch")
+    assert det.precision == ("bf16-mlp" if native else "fp32") and det.run_info["engine"] == "torch"
 
 
 def test_bf16_mlp_rounds_only_the_mlps(tiny_files, backbone, banks):

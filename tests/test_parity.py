@@ -95,4 +95,4 @@ def test_cli_predict_reproduces_reference(parity_dir, parity_backbone, expected,
         assert m.shape == (518, 518) and m.dtype == np.float32
         assert np.abs(m - expected[f"query_bad.{v}.map"]).max() <= 1e-4
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["scores.json"] + [f"query_bad.{v}.npy" for v in VARIANTS])
+        ["run.json", "scores.json"] + [f"query_bad.{v}.npy" for v in VARIANTS])

@@ -16,7 +16,7 @@ from ..datasets import DATASETS, dataset_name, read_dataset
 from ..distributed import setup, teardown
 from ..errors import MRADError
 from ..loading import resolve_paths
-from .common import add_model_args
+from .common import add_model_args, engine_from_args
 
 COMMAND = "build-bank"
 
@@ -63,8 +63,9 @@ def run(args):
     ok = False
     try:
         config = replace(DEFAULT, model_name=args.model or DEFAULT.model_name)
+        engine = engine_from_args(args, device, openvino_default=True)
         detector = Detector.from_files(backbone, config=config, device=device, precision=args.precision,
-                                       batch_size=args.batch_size)
+                                       batch_size=args.batch_size, engine=engine)
         out = Path(args.out)
         work = out / ".build-work"
         if args.fresh and shard.main:
@@ -74,7 +75,7 @@ def run(args):
             detector, records, args.data_path, source=name, batch_size=args.batch_size, workers=args.workers,
             work_dir=work, chunk=args.checkpoint_every, shard=shard, identity=_identity(backbone),
             extra_meta={"dataset": name, "split": args.split, "backbone": backbone_name,
-                        "precision": args.precision})
+                        "precision": detector.precision, "engine": detector.engine.name})
         if shard.main:
             paths = save_banks(image, patch, out)
             clear_work_dir(work)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 
 from ..config import DEFAULT, VARIANTS
+from ..detector import resolve_device
+from ..engines import ENGINES, check_engine, default_engine
 from ..registry import DEFAULT_REPO, DEFAULT_REPO_PUBLISHED, DEFAULT_REVISION, TRAINING_SOURCES, source_for_dataset
 
 FILE_OPTIONS = {  # option -> (environment variable, help)
@@ -15,7 +17,7 @@ FILE_OPTIONS = {  # option -> (environment variable, help)
 }
 
 
-def add_model_args(parser, precision_default="fp32"):
+def add_model_args(parser, precision_default="fp32", engine=True):
     g = parser.add_argument_group("model files (each defaults to its environment variable)")
     for name, (env, text) in FILE_OPTIONS.items():
         g.add_argument("--" + name.replace("_", "-"), metavar="PATH", default=None,
@@ -38,10 +40,26 @@ def add_model_args(parser, precision_default="fp32"):
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "bf16-mlp", "auto"), default=precision_default,
                         help="backbone precision; fp32 reproduces the reference exactly; bf16-mlp runs only the MLPs "
                              "in bf16; auto picks the fastest within the accuracy bounds (default: %(default)s)")
+    if engine:  # who runs the image encoder; commands that train need PyTorch's own
+        parser.add_argument("--engine", choices=ENGINES, default=None,
+                            help="who runs the image encoder: openvino (CPU; fp32 matches the reference within the "
+                                 "parity bounds, and is faster) or torch [$MRAD_ENGINE] (default: in predict and "
+                                 "build-bank openvino on a CPU where it is installed, for fp32 and bf16; else torch; "
+                                 "with --precision auto, the fastest engine within the bounds)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
 
 
-def detector_from_args(args):
+def engine_from_args(args, device=None, openvino_default=False):
+    """--engine > $MRAD_ENGINE > (precision auto: None, resolved with it) > with openvino_default (predict,
+    build-bank), openvino on a CPU where installed > torch."""
+    engine = getattr(args, "engine", None) or os.environ.get("MRAD_ENGINE") or None
+    if engine is None and getattr(args, "precision", "fp32") != "auto":
+        engine = default_engine(resolve_device(device if device is not None else args.device),
+                                getattr(args, "precision", "fp32")) if openvino_default else "torch"
+    return check_engine(engine) if engine else None
+
+
+def detector_from_args(args, openvino_default=False):
     """A Detector from the parsed options; files needed by the requested --variant (if any) must be found."""
     from ..loading import load_detector
 
@@ -52,5 +70,6 @@ def detector_from_args(args):
         source = source_for_dataset(args.dataset)  # the paper's pairing: MVTec -> VisA files, VisA -> MVTec files
     return load_detector(args.backbone, args.heads, args.image_bank, args.patch_bank, model=args.model,
                          device=args.device, precision=args.precision, batch_size=args.batch_size,
+                         engine=engine_from_args(args, openvino_default=openvino_default),
                          source=source, repo_id=getattr(args, "hub_repo", None),
                          revision=getattr(args, "hub_revision", None), require=require)

@@ -25,8 +25,9 @@ COMMAND = "predict"
 def add_parser(sub, name):
     p = sub.add_parser(name, help="score images and write anomaly maps",
                        description="Encode each image once and score it with the chosen variants. Writes "
-                                   "OUT/scores.json ({stem: {variant: {score, image_prob, map_top}}}) and "
-                                   "OUT/<stem>.<variant>.npy (smoothed 518x518 float32 map).")
+                                   "OUT/scores.json ({stem: {variant: {score, image_prob, map_top}}}), "
+                                   "OUT/<stem>.<variant>.npy (smoothed 518x518 float32 map) and OUT/run.json "
+                                   "(how the run was made: engine, precision, device, variants).")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--variant", choices=(*VARIANTS, "all"), default="all", help="default: %(default)s")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -56,7 +57,7 @@ def run(args):
     if args.explain < 0:
         raise MRADError(f"--explain takes the number of top entries (>= 1), not {args.explain}")
     profile = Profile.load(args.profile) if args.profile else None
-    detector = detector_from_args(args)
+    detector = detector_from_args(args, openvino_default=True)
     for v in variants:
         detector.require(v)
         if profile is not None:
@@ -83,6 +84,7 @@ def run(args):
                     scores[stem][v]["top_entries"] = top_entries(detector, encoding, v, args.explain)[0]
                 np.save(staging / f"{stem}.{v}.npy", result.map[0].astype(np.float32))
         (staging / "scores.json").write_text(json.dumps(scores, indent=1))
+        (staging / "run.json").write_text(json.dumps({**detector.run_info, "variants": list(variants)}, indent=1))
         for f in staging.iterdir():  # all done: move the outputs into place
             os.replace(f, out / f.name)
     finally:

@@ -46,7 +46,7 @@ def add_parser(sub, name):
                    help="where to keep the per-image encodings (default: OUT/features; ~10 MB per image)")
     p.add_argument("--keep-features", action="store_true",
                    help="keep the encodings after training (a later run on the same images re-uses them)")
-    add_model_args(p)
+    add_model_args(p, engine=False)
     p.set_defaults(run=run)
 
 
