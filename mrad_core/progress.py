@@ -26,7 +26,8 @@ NOTIFY_EVERY = 0.1  # seconds
 class Download:
     def __init__(self, label, file, source, total_bytes=None, done=None, bar=True):
         self.label, self.file, self.source, self.total_bytes = label, file, source, total_bytes
-        self._done, self._probe, self.started, self._told = 0, done, time.time(), 0.0
+        self._done, self._probe, self.started = 0, done, time.time()
+        self._told = time.monotonic()  # listeners heard of it when it started (track)
         self._bar = None
         if bar:
             from tqdm.auto import tqdm

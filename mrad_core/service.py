@@ -28,7 +28,8 @@ from .backbone import Backbone
 from .calibration import Calibrator
 from .catalogue import SOURCE_LABELS, Catalogue, build_banks
 from .config import DEFAULT, VARIANTS
-from .detector import PRECISIONS, Detector, fast_precision, resolve_device, synchronize
+from . import engines
+from .detector import PRECISIONS, Detector, resolve_device, synchronize
 from .errors import MRADError, first_line
 from .images import load_image, preprocess
 from .lru import LRU
@@ -58,7 +59,12 @@ class Service:
         s = self.settings
         self.config = replace(DEFAULT, model_name=s.model)
         self.device = resolve_device(s.device)
-        self.precision = fast_precision(self.device) if s.precision == "auto" else s.precision
+        if s.engine is not None:
+            engines.check_engine(s.engine)
+        if s.precision == "auto":  # the fastest engine and precision inside the accuracy bounds (bench/bench.py)
+            self.engine, self.precision = engines.resolve_auto(self.device, s.engine)
+        else:
+            self.engine, self.precision = s.engine or "torch", s.precision
         if self.precision not in PRECISIONS:
             raise MRADError(f"MRAD_PRECISION must be one of {', '.join(PRECISIONS)} or auto, not {s.precision!r}")
         self.workdir = Path(tempfile.mkdtemp(prefix="mrad-app-"))  # batch outputs, CSVs, custom banks
@@ -74,7 +80,8 @@ class Service:
 
     # ------------------------------------------------------------------ status
     def status(self) -> str:
-        return f"{self._status} · device {self.device.type.upper()} · precision {self.precision}"
+        return (f"{self._status} · device {self.device.type.upper()} · engine {self.engine} · precision "
+                f"{self.precision}")
 
     def set_status(self, text: str):
         self._status = text
@@ -140,7 +147,8 @@ class Service:
                 try:
                     heads, image_bank, patch_bank = self.catalogue.parts(source, bank_id, self._examples_bank)
                     self._detectors[key] = Detector(backbone, heads, image_bank, patch_bank, device=self.device,
-                                                    precision=self.precision, batch_size=self.settings.batch_size)
+                                                    precision=self.precision, batch_size=self.settings.batch_size,
+                                                    engine=self.engine)
                     custom = [k for k in self._detectors if k[0] == "custom"]
                     for old in custom[:-KEPT_CUSTOM_DETECTORS]:  # every taught edit is a bank: keep the recent ones
                         del self._detectors[old]
@@ -152,7 +160,7 @@ class Service:
 
     def encoder(self) -> Detector:
         """A Detector without banks: encodes only (bank building)."""
-        return Detector(self.backbone(), device=self.device, precision=self.precision,
+        return Detector(self.backbone(), device=self.device, precision=self.precision, engine=self.engine,
                         batch_size=self.settings.batch_size)
 
     def _examples_bank(self):
@@ -249,7 +257,7 @@ class Service:
         finally:
             self._ready()
         return Analysis(loaded.name, loaded.notes, display, outputs, skipped, encode_ms, reused, source,
-                        SOURCE_LABELS[source], {"device": self.device.type, "precision": self.precision,
+                        SOURCE_LABELS[source], {"device": self.device.type, "engine": self.engine, "precision": self.precision,
                                                 "model": Path(self.settings.model).name})
 
     def calibrate(self, analysis: Analysis, bank_id=None, calibrations=None) -> Analysis:

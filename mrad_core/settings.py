@@ -24,6 +24,7 @@ class Settings:
     model: str = DEFAULT.model_name  # open_clip model name or config .json [MRAD_MODEL]
     device: str | None = None  # cpu | cuda | cuda:N; None = CUDA when available [MRAD_DEVICE]
     precision: str = "auto"  # fp32 | bf16 | fp16 | bf16-mlp | auto [MRAD_PRECISION]
+    engine: str | None = None  # torch | openvino; None = torch, or with auto the fastest inside the bounds [MRAD_ENGINE]
     batch_size: int = 8  # images per forward pass [MRAD_BATCH_SIZE]
     assets: Path = ASSETS  # example images and the built-in bank [MRAD_ASSETS]
     download: bool = True  # fetch missing files when first needed
@@ -54,6 +55,7 @@ class Settings:
             model=get("MRAD_MODEL") or DEFAULT.model_name,
             device=get("MRAD_DEVICE") or None,
             precision=get("MRAD_PRECISION") or "auto",
+            engine=get("MRAD_ENGINE") or None,
             batch_size=int(get("MRAD_BATCH_SIZE") or 8),
             assets=Path(get("MRAD_ASSETS") or ASSETS),
             hub_offline=get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"),

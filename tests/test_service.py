@@ -15,7 +15,7 @@ from PIL import Image
 from mrad_core import MemoryBank, MRADError, batch, viz
 from mrad_core.backbone import Backbone
 from mrad_core.catalogue import SOURCE_LABELS
-from mrad_core.detector import fast_precision
+from mrad_core import engines
 from mrad_core.lru import LRU
 from mrad_core.service import Service
 from mrad_core.settings import Settings
@@ -59,9 +59,16 @@ def test_lru_keeps_the_most_recent():
     assert lru.put("c", 3) == [("b", 2)] and "b" not in lru and len(lru) == 2
 
 
-def test_precision_defaults_to_auto_and_is_shown(tiny_files):
+def test_precision_defaults_to_auto_and_is_shown(tiny_files, monkeypatch):
     s = Service(files={"backbone": tiny_files["backbone"]}, model=tiny_files["model"], device="cpu")
-    assert s.precision == fast_precision(torch.device("cpu")) and s.precision in s.status()
+    assert (s.engine, s.precision) == engines.resolve_auto(torch.device("cpu"))  # from the recorded benchmark facts
+    assert f"engine {s.engine} · precision {s.precision}" in s.status()
+    fixed = Service(files={"backbone": tiny_files["backbone"]}, model=tiny_files["model"], device="cpu",
+                    precision="fp32")
+    assert (fixed.engine, fixed.precision) == ("torch", "fp32")  # reproducible: PyTorch fp32 unless asked
+    monkeypatch.setenv("MRAD_ENGINE", "tensorrt")
+    with pytest.raises(MRADError, match="engine must be one of"):
+        Service(files={"backbone": tiny_files["backbone"]}, model=tiny_files["model"], device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,8 @@ def summary_md(a: records.Analysis, image_threshold: float, view: viz.View) -> s
     note = " · calibrated scale not computed: showing raw" if view.normalisation == "calibrated" and \
         not a.calibrated else ""
     skipped = "".join(f"  \n_{records.name(v)} did not run: {why}_" for v, why in a.skipped.items())
-    return (f"**{a.name}** — {verdicts} · {encoded} on {a.setup['device'].upper()} ({a.setup['precision']}) · "
+    setup = f"{a.setup['device'].upper()} ({a.setup['engine']}, {a.setup['precision']})"
+    return (f"**{a.name}** — {verdicts} · {encoded} on {setup} · "
             f"{a.source_label}{note}" + (f"  \n_{'; '.join(a.notes)}_" if a.notes else "") + skipped)
 
 
