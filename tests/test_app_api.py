@@ -2,7 +2,6 @@
 single and batch endpoints, bad inputs, custom banks, 20 concurrent clients, re-renders without model calls."""
 import csv
 import io
-import socket
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,22 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from served_app import launch
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 FILES = ("backbone", "heads", "image_bank", "patch_bank")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(service):
-    import app
-    demo = app.build_demo(service)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **app.launch_options(demo))
-    return demo, url
 
 
 @pytest.fixture(scope="module")

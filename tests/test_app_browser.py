@@ -1,33 +1,23 @@
 """A real browser (headless Chromium through Playwright) against the app with the tiny model: upload, run, three
 result columns with scores, a pixel-threshold move that re-draws the overlay without a model call, the CSV."""
 import csv
-import socket
 from pathlib import Path
 
 import pytest
 
+from served_app import CHROMIUM, launch
+from served_app import CHROMIUM_ARGS as ARGS
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 pytestmark = pytest.mark.browser
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served(tiny_files):
-    import app
     from mrad_core.service import Service
     service = Service(files={k: tiny_files[k] for k in ("backbone", "heads", "image_bank", "patch_bank")},
                       model=tiny_files["model"], device="cpu")
-    demo = app.build_demo(service)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **app.launch_options(demo))
+    demo, url = launch(service)
     yield service, url
     demo.close()
 

@@ -1,25 +1,18 @@
 """The app's VisA source on first use: the authors' files come from (a stand-in for) Google Drive by file id, the
 page's status says what is being fetched, from where and how far it is, and all three variants then run with the
 same results as the same files given by path."""
-import socket
 import time
 
 import pytest
 
 from drive_server import StandInDrive
+from served_app import launch
 from mrad_core import hub, registry
 from test_drive import ID, digests, official  # noqa: F401  (the module-scoped fixture of the six authors' files)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_visa_source_downloads_with_visible_progress_then_runs_all_variants(official, tiny_files, tiny_detector,  # noqa: F811
                                                                              tmp_path, monkeypatch):
-    import app
     from gradio_client import Client, handle_file
     from mrad_core.service import Service
 
@@ -36,9 +29,7 @@ def test_visa_source_downloads_with_visible_progress_then_runs_all_variants(offi
         monkeypatch.setenv("MRAD_DRIVE_URL", drive.url + "/{id}")
         service = Service(files={"backbone": tiny_files["backbone"]}, model=tiny_files["model"], device="cpu",
                           precision="fp32")
-        demo = app.build_demo(service)
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
-                                quiet=True, **app.launch_options(demo))
+        demo, url = launch(service)
         try:
             client = Client(url, verbose=False)
             job = client.submit(image=handle_file(tiny_files["images"][1]), source="visa", api_name="/predict")

@@ -5,7 +5,6 @@ import csv
 import io
 import json
 import re
-import socket
 import zipfile
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from mrad_core.cli import main
 from mrad_core.metrics import METRICS, TITLES
+from served_app import CHROMIUM, CHROMIUM_ARGS, launch
 from synthetic_datasets import make_dataset
 from tiny_model import synthetic_image
 
@@ -21,21 +21,12 @@ TOL = 1e-9  # metrics: same images, same code path (as tests/test_labelled.py)
 SCORE_TOL = 1e-6  # image scores: another batch split may sum in another order
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tiny_files):
-    import app
     from mrad_core.service import Service
     service = Service(files={k: tiny_files[k] for k in FILES}, model=tiny_files["model"], device="cpu",
                       precision="fp32")
-    demo = app.build_demo(service)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **app.launch_options(demo))
+    demo, url = launch(service)
     yield service, url, demo
     demo.close()
 
@@ -252,7 +243,7 @@ def test_browser_upload_zip_see_metrics_apply_threshold(served, dataset):
     from playwright.sync_api import sync_playwright
     _, cli, _, zpath = dataset
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--headless"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1600})
             page.set_default_timeout(60_000)

@@ -3,24 +3,19 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from served_app import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_python_app_py_serves_and_answers(tiny_files, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MRAD_MODEL": tiny_files["model"], "MRAD_BACKBONE": tiny_files["backbone"],
            "MRAD_HEADS": tiny_files["heads"], "MRAD_IMAGE_BANK": tiny_files["image_bank"],
            "MRAD_PATCH_BANK": tiny_files["patch_bank"], "HF_HUB_OFFLINE": "1", "MRAD_CALIBRATION": "0",
