@@ -98,7 +98,8 @@ class MemoryBank:
             if path.suffix == ".safetensors":
                 from safetensors import safe_open
                 with safe_open(str(path), framework="pt") as f:
-                    tensors = {k: f.get_tensor(k) for k in f.keys()}
+                    # cloned: the file may be memory-mapped, and ZeroGPU deletes mapped files under the HF cache
+                    tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
                     meta = dict(f.metadata() or {})
                 if meta.get("format") != BANK_FORMAT:
                     raise BankError(f"{where}: not an MRAD bank (metadata format {meta.get('format')!r})")
