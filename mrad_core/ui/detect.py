@@ -80,7 +80,7 @@ class DetectTab:
                 d.legend = gr.HTML()
                 with gr.Row():
                     d.export = gr.Button("Export CSV", size="sm", elem_id="export")
-                    d.csv = gr.File(label="CSV (one row per variant)", elem_id="csv")
+                    d.csv = gr.File(label="CSV (one row per variant)", elem_id="csv", interactive=False, visible=False)
                 with gr.Accordion("JSON (as /predict returns it)", open=False):
                     d.json = gr.JSON()
 
@@ -113,7 +113,8 @@ class DetectTab:
                                           [p.analysis, p.levels, *results], api_visibility="private",
                                           **p.model_events)
         d.image.upload(self.check_upload, d.image, d.image, api_visibility="private", queue=False)
-        d.export.click(self.export_csv, [p.analysis, *controls], d.csv, api_visibility="private")
+        d.export.click(lambda *a: gr.File(self.export_csv(*a), visible=True), [p.analysis, *controls], d.csv,
+                       api_visibility="private")
         gr.on([p.source.change, p.variants.change], self.mark_stale, [p.analysis, p.source, p.variants], d.summary,
               api_visibility="private", show_progress="hidden")
         gr.api(self.predict, api_name="predict", **p.model_events)
