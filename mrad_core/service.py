@@ -213,10 +213,15 @@ class Service:
             raise MRADError("none of the chosen variants can run with this memory bank: " + "; ".join(skipped.values()))
         return run, skipped
 
+    @staticmethod
+    def calibration_key(source: str, bank_id=None) -> str:
+        """Calibration levels belong to a source (each custom bank is one)."""
+        return f"{source}:{bank_id}" if source == "custom" else source
+
     def calibrations(self, det: Detector, source: str, bank_id, variants, known=None, compute=True) -> dict:
         """{variant: viz.Calibration or None} of a source; with `compute`, the missing ones are computed now.
         `known`: levels the session carried from an earlier call (e.g. from another ZeroGPU worker)."""
-        key = f"{source}:{bank_id}" if source == "custom" else source
+        key = self.calibration_key(source, bank_id)
         self.calibrator.remember(key, known or {})
         if compute:
             return self.calibrator.ensure(det, key, variants, self)
@@ -256,9 +261,10 @@ class Service:
                                                        levels.get(v))
         finally:
             self._ready()
+        setup = {"device": self.device.type, "engine": self.engine, "precision": self.precision,
+                 "model": Path(self.settings.model).name}
         return Analysis(loaded.name, loaded.notes, display, outputs, skipped, encode_ms, reused, source,
-                        SOURCE_LABELS[source], {"device": self.device.type, "engine": self.engine, "precision": self.precision,
-                                                "model": Path(self.settings.model).name})
+                        SOURCE_LABELS[source], setup)
 
     def calibrate(self, analysis: Analysis, bank_id=None, calibrations=None) -> Analysis:
         """The same analysis with the calibrated scale's levels of its variants (computed now where missing)."""

@@ -92,9 +92,7 @@ class Page:
     def source_of(self, source) -> str:
         return self.service.catalogue.default() if source in (None, "") else self.service.catalogue.check(source)
 
-    @staticmethod
-    def calibration_key(source, bank_id) -> str:
-        return f"{source}:{bank_id}" if source == "custom" else source
+    calibration_key = staticmethod(Service.calibration_key)
 
     def describe(self, source, bank_id):
         facts = self.service.catalogue.facts(source, bank_id)
