@@ -112,3 +112,29 @@ def make_dataset(name: str, root, n_normal: int = 2, n_bad: int = 2, seed: int =
     if name == "endo":
         return _folders(w, "", "colon", "good", "images", n_normal, n_bad, masks="masks", ext=".jpg")
     raise ValueError(f"no synthetic layout for {name}")
+
+
+def evaluated_mvtec_zip(tmp_path_factory, tiny_files) -> tuple:
+    """A synthetic MVTec folder (2 classes, 6 test images each, masks), `mrad eval` run on it with the tiny model,
+    and the same folder as a ZIP -> (root, metrics.json as a dict, scores.csv rows, ZIP path)."""
+    import csv
+    import json
+    import zipfile
+
+    from mrad_core.cli import main
+
+    root = tmp_path_factory.mktemp("mvtec")
+    make_dataset("mvtec", root, n_normal=2, n_bad=2)
+    out = tmp_path_factory.mktemp("cli")
+    f = tiny_files
+    assert main(["eval", "--dataset", "mvtec", "--data-path", str(root), "--out", str(out), "--model", f["model"],
+                 "--backbone", f["backbone"], "--image-bank", f["image_bank"], "--patch-bank", f["patch_bank"],
+                 "--heads", f["heads"], "--device", "cpu", "--workers", "0"]) == 0
+    zpath = tmp_path_factory.mktemp("zip") / "mvtec.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                z.write(p, "mvtec/" + p.relative_to(root).as_posix())
+    with open(out / "scores.csv") as fh:
+        scores = list(csv.DictReader(fh))
+    return root, json.loads((out / "metrics.json").read_text()), scores, zpath

@@ -1,7 +1,6 @@
 """The Evaluate tab and the /evaluate API, in-process with the tiny model: the same metrics as `mrad eval` on the
 same files, separate uploads with masks, bad ZIPs with their messages (the server keeps serving), and the
 "apply threshold" button setting the Detect tab's slider."""
-import csv
 import io
 import json
 import re
@@ -10,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mrad_core.cli import main
 from mrad_core.metrics import METRICS, TITLES
 from served_app import CHROMIUM, CHROMIUM_ARGS, launch
-from synthetic_datasets import make_dataset
+from synthetic_datasets import evaluated_mvtec_zip
 from tiny_model import synthetic_image
 
 FILES = ("backbone", "heads", "image_bank", "patch_bank")
@@ -39,22 +37,8 @@ def client(served):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_files):
-    """A synthetic MVTec folder (2 classes, 6 test images each, masks), `mrad eval` on it, and the folder as a ZIP."""
-    root = tmp_path_factory.mktemp("mvtec")
-    make_dataset("mvtec", root, n_normal=2, n_bad=2)
-    out = tmp_path_factory.mktemp("cli")
-    f = tiny_files
-    assert main(["eval", "--dataset", "mvtec", "--data-path", str(root), "--out", str(out), "--model", f["model"],
-                 "--backbone", f["backbone"], "--image-bank", f["image_bank"], "--patch-bank", f["patch_bank"],
-                 "--heads", f["heads"], "--device", "cpu", "--workers", "0"]) == 0
-    zpath = tmp_path_factory.mktemp("zip") / "mvtec.zip"
-    with zipfile.ZipFile(zpath, "w") as z:
-        for p in sorted(root.rglob("*")):
-            if p.is_file():
-                z.write(p, "mvtec/" + p.relative_to(root).as_posix())
-    with open(out / "scores.csv") as fh:
-        scores = list(csv.DictReader(fh))
-    return root, json.loads((out / "metrics.json").read_text()), scores, zpath
+    """A synthetic MVTec folder, `mrad eval` on it, and the same folder as a ZIP."""
+    return evaluated_mvtec_zip(tmp_path_factory, tiny_files)
 
 
 def _png(seed, defect=False, mask=False) -> bytes:

@@ -1,6 +1,5 @@
 """Labelled sets for the app's evaluation: ZIP layouts, clear errors for bad ZIPs, and evaluate_samples giving the
 metrics `mrad eval` gives on the same files."""
-import csv
 import io
 import json
 import zipfile
@@ -11,11 +10,10 @@ from PIL import Image
 
 from mrad_core import MRADError
 from mrad_core import labelled as lab
-from mrad_core.cli import main
 from mrad_core.eval_report import ZIP_NAME, evaluate_samples
 from mrad_core.labelled import read_labelled, read_labelled_list
 from mrad_core.metrics import METRICS
-from synthetic_datasets import make_dataset
+from synthetic_datasets import evaluated_mvtec_zip
 from tiny_model import synthetic_image
 
 TOL = 1e-9  # same images, same code path: equal up to float summation order
@@ -119,19 +117,7 @@ def test_list_input(tmp_path):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_files):
     """A synthetic MVTec folder, `mrad eval` on it, and the same folder as a ZIP."""
-    root = tmp_path_factory.mktemp("mvtec")
-    make_dataset("mvtec", root, n_normal=2, n_bad=2)
-    out = tmp_path_factory.mktemp("cli")
-    f = tiny_files
-    assert main(["eval", "--dataset", "mvtec", "--data-path", str(root), "--out", str(out), "--model", f["model"],
-                 "--backbone", f["backbone"], "--image-bank", f["image_bank"], "--patch-bank", f["patch_bank"],
-                 "--heads", f["heads"], "--device", "cpu", "--workers", "0"]) == 0
-    zpath = tmp_path_factory.mktemp("zip") / "mvtec.zip"
-    with zipfile.ZipFile(zpath, "w") as z:
-        for p in sorted(root.rglob("*")):
-            if p.is_file():
-                z.write(p, "mvtec/" + p.relative_to(root).as_posix())
-    return root, json.loads((out / "metrics.json").read_text()), list(csv.DictReader(open(out / "scores.csv"))), zpath
+    return evaluated_mvtec_zip(tmp_path_factory, tiny_files)
 
 
 def test_evaluate_samples_matches_mrad_eval(dataset, tiny_detector, tmp_path):
