@@ -6,7 +6,7 @@
 
 Measured inside one run (the machines are noisy, so compare ratios, not seconds across runs):
   1. engines x precisions side by side (PyTorch fp32 / bf16-mlp / bf16 (/ fp16 on CUDA), OpenVINO fp32 / bf16), each
-     engine in its own process: all three variants on one image with one shared encode (marginal cost: median over
+     pair in its own process: all three variants on one image with one shared encode (marginal cost: median over
      the three parity queries after a warm-up), against the reference's three runs on this CPU
      (../shared/parity/timing.json); first start (load, and the OpenVINO conversion: --cold forces it in a fresh
      cache); peak RSS of that process; also one encode per variant (naive) with the default engine
@@ -17,6 +17,8 @@ Measured inside one run (the machines are noisy, so compare ratios, not seconds 
   4. slider re-render: three 518x518 overlays from cached maps (no model call)
   5. bank building: images/s with one encode per image vs the reference (two encodes per image)
   6. peak memory (RSS, and CUDA when used)
+  and the fp32 floor: the encoder's operation count over the best fp32 matmul rate measured here, i.e. the fastest
+  any exact-fp32 engine could encode on this CPU, and the speed-up over the reference that allows
 """
 from __future__ import annotations
 
@@ -55,6 +57,29 @@ def combos(device: str) -> dict:
     return out
 
 
+def encoder_flops(image_size=518, patch=14, width=1024, layers=24, mlp=4096, embed=768) -> float:
+    """Floating-point operations (a multiply-add = 2) of one image through MRAD's dual-path encoder as
+    Backbone.encode_tokens computes it: block 1 ordinary; blocks 2..L both streams (the V-V one without MLP); the
+    last block's original stream for the class token only; ln_post(s) @ proj."""
+    g2 = (image_size // patch) ** 2
+    n, w = g2 + 1, width
+    conv = 2 * g2 * 3 * patch * patch * w
+    qkv, attn, out, ffn = 2 * n * w * 3 * w, 4 * n * n * w, 2 * n * w * w, 4 * n * w * mlp
+    ordinary = qkv + attn + out + ffn
+    vv = attn + out
+    last = qkv + vv + 4 * n * w + 2 * w * w + 4 * w * mlp  # the original stream: one query (CLS), its MLP
+    return conv + ordinary + (layers - 2) * (ordinary + vv) + last + 2 * n * w * embed
+
+
+def fp32_matmul_gflops(n=1370, width=1024, mlp=4096, repeats=10) -> float:
+    """The best fp32 matmul rate PyTorch reaches here on the encoder's largest matmul shape (its MLP)."""
+    a, b = torch.randn(n, width), torch.randn(width, mlp)
+    for _ in range(3):
+        a @ b
+    t, _ = timed(lambda: a @ b, repeats)
+    return 2 * n * width * mlp / t / 1e9
+
+
 def timed(fn, repeats):
     times, out = [], None
     for _ in range(repeats):
@@ -72,9 +97,9 @@ def fixture_backbone(shared: Path) -> Path:
     return path
 
 
-def load(parity: Path, shared: Path, device=None, engine=None):
+def load(parity: Path, shared: Path, device=None, engine=None, precision="fp32"):
     return load_detector(fixture_backbone(shared), parity / "heads_official.pth", parity / "cache_model_fixture.pt",
-                         parity / "cache_patch_model_fixture.pt", device=device, engine=engine)
+                         parity / "cache_patch_model_fixture.pt", device=device, engine=engine, precision=precision)
 
 
 def worker(args):
@@ -82,7 +107,7 @@ def worker(args):
     queries, after a warm-up) and every query's maps (to args.maps, .npz); JSON on stdout's last line."""
     parity = args.shared / "parity"
     t = time.perf_counter()
-    det = load(parity, args.shared, args.device, args.worker)
+    det = load(parity, args.shared, args.device, args.worker, args.precisions.split(",")[0])
     res = {"engine": args.worker, "start_s": time.perf_counter() - t,
            "engine_info": getattr(det.engine, "info", {}), "precisions": {}}
     sync = torch.cuda.synchronize if det.device.type == "cuda" else (lambda: None)
@@ -108,14 +133,15 @@ def worker(args):
 
 def run_worker(engine, precisions, args, tmp: Path, cold: bool):
     env = dict(os.environ)
-    if cold:  # a fresh cache: this start converts
+    if cold:  # a fresh cache for this engine's workers: the first of them converts
         env["MRAD_CACHE_DIR"] = str(tmp / f"cache-{engine}")
+    maps = tmp / f"{engine}-{'-'.join(precisions)}.npz"
     cmd = [sys.executable, __file__, "--worker", engine, "--precisions", ",".join(precisions), "--maps",
-           str(tmp / f"{engine}.npz"), "--repeats", str(args.repeats), "--shared", str(args.shared)]
+           str(maps), "--repeats", str(args.repeats), "--shared", str(args.shared)]
     if args.device:
         cmd += ["--device", args.device]
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1]), dict(np.load(tmp / f"{engine}.npz"))
+    return json.loads(done.stdout.strip().splitlines()[-1]), dict(np.load(maps))
 
 
 def accuracy(base: dict, maps: dict, precision: str) -> dict:
@@ -162,12 +188,13 @@ def main():
            "openvino": engines._import_openvino().__version__ if engines.openvino_available() else None,
            "reference_three_runs_s": ref_three}
 
-    # 1.-2. engines x precisions, each engine in its own process (clean peak RSS and first start)
+    # 1.-2. engines x precisions, each pair in its own process (its peak RSS is what `mrad predict` with that engine
+    # and precision needs; its start includes the OpenVINO compile for that precision)
     pairs, base = [], None
     with tempfile.TemporaryDirectory(prefix="mrad-bench-") as tmp:
-        for engine, precisions in combos(args.device or "cpu").items():
-            out, maps = run_worker(engine, precisions, args, Path(tmp), args.cold and engine == "openvino")
-            base = maps if engine == "torch" else base
+        for engine, precision in [(e, p) for e, ps in combos(args.device or "cpu").items() for p in ps]:
+            out, maps = run_worker(engine, [precision], args, Path(tmp), args.cold and engine == "openvino")
+            base = maps if base is None else base  # the first pair is PyTorch fp32
             for precision, r in out["precisions"].items():
                 pairs.append({"engine": engine, "precision": precision, **r,
                               "speedup_vs_reference": ref_three / r["three_variants_s"],
@@ -200,6 +227,12 @@ def main():
 
     t_naive, _ = timed(naive, 1)
     res["three_variants"] = {"naive_default_engine_fp32_s": t_naive, "reference_three_runs_s": ref_three}
+
+    # the fp32 floor: what the encoder's arithmetic alone takes at the best fp32 matmul rate of this CPU
+    flops, gflops = encoder_flops(), fp32_matmul_gflops()
+    res["fp32_floor"] = {"encoder_gflop": flops / 1e9, "fp32_matmul_gflops": gflops,
+                         "encoder_floor_s": flops / gflops / 1e9,
+                         "best_possible_fp32_speedup": ref_three / (flops / gflops / 1e9)}
 
     # 3. batch 1 vs batch N
     images = [parity / "images" / f"bank_{k}_{i}.png" for k in ("good", "bad") for i in range(3)][: args.batch]
@@ -266,6 +299,10 @@ def report(r):
     print(f"{'measure':58s} {'value':>12s}")
     line = lambda k, v: print(f"{k:58s} {v:>12s}")  # noqa: E731
     line("three variants, naive (3 encodes, default engine, fp32) s", f"{t['naive_default_engine_fp32_s']:.2f}")
+    f = r["fp32_floor"]
+    line(f"fp32 floor: {f['encoder_gflop']:.0f} GFLOP / {f['fp32_matmul_gflops']:.0f} GFLOP/s (best fp32 matmul) s",
+         f"{f['encoder_floor_s']:.2f}")
+    line("  best possible fp32 speed-up vs the reference's three runs", f"{f['best_possible_fp32_speedup']:.1f}x")
     b = r["batch"]
     batched = b["batch%d_images_per_s" % b["n"]]
     line(f"encode throughput batch 1 vs batch {b['n']} (images/s)", f"{b['batch1_images_per_s']:.2f}/{batched:.2f}")

@@ -12,6 +12,8 @@ ln_post, proj) and only changes how they are wired:
 """
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import memory
 from .config import DEFAULT, MRADConfig
 from .errors import MRADError, first_line
 
@@ -101,11 +104,64 @@ def load_clip(weights=None, config: MRADConfig = DEFAULT):
     path = Path(weights)
     if not path.is_file():
         raise WeightsError(f"backbone weights {path}: no such file")
+    quiet = _DropRandomInitWarning()  # the weights are copied in next: open_clip's "initialized randomly" is untrue
+    logging.getLogger().addFilter(quiet)
     try:
-        return open_clip.create_model(config.model_name, pretrained=str(path))
+        model = open_clip.create_model(config.model_name, pretrained=None)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    if stream_weights(model, path):
+        return model
+    try:  # other layouts (prefixes, wrappers, third-party names): open_clip's own loader converts them
+        open_clip.load_checkpoint(model, str(path))
     except Exception as e:  # open_clip raises RuntimeError/KeyError/pickle errors for foreign files
         raise WeightsError(f"backbone weights {path} cannot be loaded as {config.model_name} "
                            f"(OpenAI/open_clip parameter names expected): {first_line(e, 300)}") from e
+    return model
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record):
+        return "Model initialized randomly" not in record.getMessage()
+
+
+def stream_weights(model: nn.Module, path: Path) -> bool:
+    """Copy a state dict whose names and shapes are exactly the model's into it, one tensor at a time (safetensors)
+    or from a memory-mapped torch file, so the weights are never held twice (open_clip's loader reads the whole
+    file before copying: 2 x 1.7 GB for ViT-L/14). False when the file is laid out otherwise."""
+    target = model.state_dict()
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+            if not _same_layout(target, shapes):
+                return False
+            with torch.no_grad():
+                for name in shapes:  # the file is mapped while open: re-opened per tensor so pages do not pile up
+                    with safe_open(str(path), framework="pt") as f:
+                        target[name].copy_(f.get_tensor(name).reshape(target[name].shape))
+        except Exception:  # unreadable: open_clip's loader reports it
+            return False
+        return True
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip-format torch file (no mmap), or unreadable: open_clip's loader decides
+        return False
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()) or \
+            not _same_layout(target, {k: v.shape for k, v in state.items()}):
+        return False
+    with torch.no_grad():
+        for name in list(state):
+            target[name].copy_(state.pop(name).reshape(target[name].shape))
+    return True
+
+
+def _same_layout(target: dict, shapes: dict) -> bool:
+    """The same names and shapes (a one-element tensor such as logit_scale may be stored as () or (1,))."""
+    def fits(shape, t):
+        return tuple(shape) == tuple(t.shape) or (t.numel() == 1 and math.prod(shape) == 1)
+    return shapes.keys() == target.keys() and all(fits(shapes[k], t) for k, t in target.items())
 
 
 class Backbone(nn.Module):
@@ -148,6 +204,7 @@ class Backbone(nn.Module):
         """Free the PyTorch vision weights (an engine holds its own copy); the text tower stays."""
         self.clip.visual = None
         self.pos_embed = torch.empty(0)
+        memory.trim_heap()
 
     @staticmethod
     def _mlp(blk, x, mlp_dtype=None):

@@ -151,7 +151,7 @@ class Detector:
             self.heads = heads.to(self.device).eval().requires_grad_(False)
         self.precision = precision
         # who runs the image encoder ("torch" | "openvino"); OpenVINO releases the PyTorch vision weights
-        self.engine = engines.make_engine(engine, self.backbone, self.device)
+        self.engine = engines.make_engine(engine, self.backbone, self.device, self.precision)
         self.engine.check(self.precision)
         self._ft_keys = None  # bank keys through the FT key projections, computed once
 

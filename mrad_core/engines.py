@@ -5,7 +5,8 @@ tower and the neighbour averaging stay in PyTorch (they are cheap). The OpenVINO
 per backbone file (`openvino.convert_model` on the traced module), saves the IR under
 $MRAD_CACHE_DIR/openvino/ (default ~/.cache/mrad) keyed by the backbone file's sha256, the model config and the
 OpenVINO version, and compiles it from there; later starts only read and compile (seconds). Once compiled, the
-PyTorch vision weights are released (`Backbone.release_vision`): the text tower is all PyTorch keeps.
+PyTorch vision weights are released (`Backbone.release_vision`): the text tower is all PyTorch keeps; and the
+pages of the mapped IR are dropped while it compiles (memory.paging_out): the compiled model keeps its own copy.
 
     engine = make_engine("openvino", backbone)          # converts or loads the cached IR
     enc = engine.encode(pixels, "fp32")                  # Encoding, as Backbone.encode_image gives
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import memory
 from .backbone import Backbone, Encoding, encoding_from_tokens
 from .errors import MRADError
 
@@ -177,8 +179,10 @@ class OpenVINOEngine:
 
     name = "openvino"
 
-    def __init__(self, backbone: Backbone, cache_dir: Path | None = None, release: bool = True):
+    def __init__(self, backbone: Backbone, cache_dir: Path | None = None, release: bool = True,
+                 precision: str = "fp32"):
         ov = _import_openvino()
+        self.check(precision)  # before converting anything
         self.config = backbone.config
         self.xml, self.info = cached_ir(backbone, cache_dir)
         self.core = ov.Core()
@@ -189,10 +193,11 @@ class OpenVINOEngine:
         self._model.reshape([1, 3, size, size])  # memory (on a CPU larger batches are no faster: bench/bench.py)
         if release:  # the engine reads its weights from the IR: PyTorch's copy is no longer needed
             backbone.release_vision()
-        self.compiled("fp32")
+        self.compiled(precision)  # only the precision in use: each compiled model holds its own weights
         self.info["load_s"] = time.perf_counter() - t
 
-    def check(self, precision: str):
+    @staticmethod
+    def check(precision: str):
         if precision not in OPENVINO_HINTS:
             raise EngineError(f"the OpenVINO engine runs {', '.join(OPENVINO_HINTS)}, not {precision!r} "
                               "(bf16-mlp and fp16 are PyTorch recipes: use --engine torch)")
@@ -200,8 +205,11 @@ class OpenVINOEngine:
     def compiled(self, precision: str):
         self.check(precision)
         if precision not in self._compiled:
-            self._compiled[precision] = self.core.compile_model(self._model, "CPU", {
-                "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"})
+            # the compiled model copies the weights into its own layout and never reads the mapped IR again: its
+            # pages are dropped as the compiler goes, so the weights are not resident twice (peak RSS)
+            with memory.paging_out(self.xml.with_suffix(".bin")):
+                self._compiled[precision] = self.core.compile_model(self._model, "CPU", {
+                    "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"})
         return self._compiled[precision]
 
     def encode(self, pixels: torch.Tensor, precision: str = "fp32") -> Encoding:
@@ -219,8 +227,9 @@ class OpenVINOEngine:
         return encoding_from_tokens(image_feature, patch_tokens, proj_tokens, self.config.avg_kernels)
 
 
-def make_engine(name: str, backbone: Backbone, device: torch.device, **kw):
-    """name ("torch" | "openvino") -> engine for this backbone on this device. Raises EngineError.
+def make_engine(name: str, backbone: Backbone, device: torch.device, precision: str = "fp32", **kw):
+    """name ("torch" | "openvino") -> engine for this backbone on this device, ready for `precision` (OpenVINO
+    compiles it now; another precision is compiled when first asked for). Raises EngineError.
     The OpenVINO engine is kept on the backbone (`backbone.openvino_engine`) and re-used by later calls."""
     check_engine(name)
     if name == "torch":
@@ -229,7 +238,7 @@ def make_engine(name: str, backbone: Backbone, device: torch.device, **kw):
         raise EngineError(f"the OpenVINO engine runs on the CPU, not {device.type} (use --engine torch there)")
     engine = getattr(backbone, "openvino_engine", None)
     if engine is None:  # one per backbone: detectors sharing a backbone share its compiled encoder
-        engine = backbone.openvino_engine = OpenVINOEngine(backbone, **kw)
+        engine = backbone.openvino_engine = OpenVINOEngine(backbone, precision=precision, **kw)
     return engine
 
 

@@ -1,4 +1,6 @@
 """The dual-path encoder, checked against a plain re-derivation of its formulas on the tiny model."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,6 +88,45 @@ def test_position_embedding_is_resized_once(backbone):
 def test_wrong_input_shape_is_a_clear_error(backbone):
     with pytest.raises(ValueError, match=r"\(B, 3, 518, 518\)"):
         backbone.encode_image(torch.zeros(1, 3, 224, 224))
+
+
+def _same_model(a, b):
+    sa, sb = a.state_dict(keep_vars=True), b.state_dict(keep_vars=True)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    for (na, x), (nb, y) in zip(a.named_buffers(), b.named_buffers()):  # also the non-persistent ones (attn_mask)
+        assert na == nb and torch.equal(x, y), na
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "logit_scale (1,)", "torch zip", "module. prefix"])
+def test_weights_load_as_open_clip_loads_them(layout, tiny_files, tiny_config, tmp_path, monkeypatch):
+    """Files with the model's own names are copied in tensor by tensor (never two copies of the weights in memory);
+    other layouts go through open_clip's converting loader. Either way the model equals open_clip's own load."""
+    import open_clip
+    from safetensors.torch import load_file, save_file
+
+    from mrad_core import backbone as B
+    open_clip.add_model_config(tiny_config.model_name)
+    name = Path(tiny_config.model_name).stem
+    reference = open_clip.create_model(name, pretrained=str(tiny_files["backbone"]))
+    state = load_file(str(tiny_files["backbone"]))
+    if layout == "safetensors":
+        path = tiny_files["backbone"]
+    elif layout == "logit_scale (1,)":  # as the OpenAI-named files store it
+        path = tmp_path / "w.safetensors"
+        save_file({**state, "logit_scale": state["logit_scale"].reshape(1)}, str(path))
+    elif layout == "torch zip":
+        path = tmp_path / "w.pt"
+        torch.save(state, path)
+    else:
+        path = tmp_path / "w.pt"
+        torch.save({f"module.{k}": v for k, v in state.items()}, path)
+    streamed = layout != "module. prefix"
+    if streamed:  # the streaming path must not fall back on open_clip's whole-file loader
+        monkeypatch.setattr(open_clip, "load_checkpoint", lambda *a, **k: pytest.fail("whole-file loader used"))
+    assert B.stream_weights(open_clip.create_model(name, pretrained=None), Path(path)) is streamed
+    _same_model(Backbone.load(path, tiny_config).clip, reference)
 
 
 def test_foreign_weights_are_refused(tmp_path, tiny_config):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrad_core import Detector, engines
+from mrad_core import Detector, engines, memory
 from mrad_core.backbone import Backbone
 from mrad_core.cli import main
 from mrad_core.errors import MRADError
@@ -80,9 +80,46 @@ def test_vision_weights_are_released(tiny_files, tiny_config, cache):
     assert other.encode(tiny_files["images"][:1]).image_feature.shape == (1, 32)
 
 
+def test_compiled_engine_does_not_keep_the_ir_resident(tiny_files, tiny_config, cache, tmp_path):
+    """The compiled model has its own copy of the weights: the mapped IR's pages are dropped while it compiles."""
+    if not pages_out(tmp_path):
+        pytest.skip("this system cannot page out (MADV_PAGEOUT needs Linux >= 5.4)")
+    det = _detector(tiny_files, tiny_config, engine="openvino")
+    binary = det.engine.xml.with_suffix(".bin")
+    if not memory.mapped_ranges(binary):
+        pytest.skip("this OpenVINO reads the IR instead of mapping it")
+    assert _resident_kb(binary) < 0.1 * binary.stat().st_size / 1024
+    before = det.predict(tiny_files["images"][:1])
+    memory.page_out(binary)  # whatever the engine still reads from the file (small constants) comes back intact
+    np.testing.assert_array_equal(before["clip"].map, det.predict(tiny_files["images"][:1])["clip"].map)
+
+
+def pages_out(tmp_path) -> bool:
+    """Whether memory.page_out works here: on a read-only mapping of a file of our own."""
+    import mmap
+    f = tmp_path / "probe.bin"
+    f.write_bytes(b"x" * (1 << 20))
+    with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        m[::4096]
+        return memory.page_out(f) > 0
+
+
+def _resident_kb(path) -> int:
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            inside = line.rstrip("\n").endswith(str(path.resolve()))
+        elif inside and head[0] == "Rss:":
+            total += int(head[1])
+    return total
+
+
 def test_openvino_precisions(tiny_files, tiny_config, tiny_detector, cache):
     det = _detector(tiny_files, tiny_config, engine="openvino", precision="bf16")
     assert det.run_info["precision"] == "bf16"
+    assert set(det.engine._compiled) == {"bf16"}  # only the precision in use is compiled (each holds the weights)
     ref = tiny_detector.predict(tiny_files["images"][:1])["tf"].map
     assert np.corrcoef(det.predict(tiny_files["images"][:1])["tf"].map.ravel(), ref.ravel())[0, 1] > 0.99
     with pytest.raises(MRADError, match="bf16-mlp and fp16 are PyTorch recipes"):
