@@ -243,17 +243,35 @@ class Backbone(nn.Module):
     def encode_tokens(self, pixels: torch.Tensor, mlp_dtype=None):
         """(B, 3, S, S) pixels -> image feature (B, E), patch tokens (B, N, W), projected tokens (B, N, E): the
         traceable core of `encode_image` (no checks, no Python-side shape logic; engines convert this)."""
+        return self.encode_outputs(*self.encode_blocks(pixels, 1, mlp_dtype=mlp_dtype))
+
+    def encode_blocks(self, start_state, start: int, stop: int | None = None, mlp_dtype=None):
+        """Blocks start..stop (1-based, inclusive; stop=None: the last) -> the streams (o, s) after block stop.
+        start=1 takes (B, 3, S, S) pixels (the patch embedding, then block 1, the ordinary one); a later start takes
+        the streams (o, s) after block start-1. Splitting here lets parts of the encoder run in other precisions
+        (bench/mixed_recipes.py); encode_tokens runs them all."""
         visual = self.clip.visual
-        x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
-        x = x.flatten(2).transpose(1, 2)  # (B, N, W)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
-        x = visual.ln_pre(visual.patch_dropout(x))
         blocks = visual.transformer.resblocks
-        first = blocks[0]  # the ordinary block, through open_clip's own attention
-        o = s = self._mlp(first, x + first.ls_1(first.attention(first.ln_1(x))), mlp_dtype)
-        for i, blk in enumerate(blocks[1:], start=2):
-            o, s = self._dual_block(blk, o, s, cls_only=i == len(blocks), mlp_dtype=mlp_dtype)
+        stop = len(blocks) if stop is None else stop
+        if start == 1:
+            pixels = start_state
+            x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
+            x = x.flatten(2).transpose(1, 2)  # (B, N, W)
+            cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
+            x = visual.ln_pre(visual.patch_dropout(x))
+            first = blocks[0]  # the ordinary block, through open_clip's own attention
+            o = s = self._mlp(first, x + first.ls_1(first.attention(first.ln_1(x))), mlp_dtype)
+            start = 2
+        else:
+            o, s = start_state
+        for i in range(start, stop + 1):
+            o, s = self._dual_block(blocks[i - 1], o, s, cls_only=i == len(blocks), mlp_dtype=mlp_dtype)
+        return o, s
+
+    def encode_outputs(self, o, s):
+        """The streams after the last block -> image feature o[CLS] @ proj, ln_post(s)[1:], (ln_post(s) @ proj)[1:]."""
+        visual = self.clip.visual
         image_feature = o[:, 0] @ visual.proj
         post = visual.ln_post(s)[:, 1:]
         proj = post @ visual.proj

@@ -69,6 +69,20 @@ def test_dual_path_matches_the_formulas(backbone):
     assert torch.allclose(enc.patch_avg, neighbour_average(tokens), atol=1e-5)
 
 
+def test_encoder_split_into_parts_computes_the_same(backbone):
+    """encode_blocks/encode_outputs in parts (as bench/mixed_recipes.py runs them) = the whole encoder, exactly."""
+    torch.manual_seed(2)
+    pixels = torch.randn(1, 3, 518, 518)
+    with torch.no_grad():
+        whole = backbone.encode_tokens(pixels)
+        o, s = backbone.encode_blocks(pixels, 1, 2)
+        parts = backbone.encode_outputs(*backbone.encode_blocks((o, s), 3))
+        shorter = backbone.encode_outputs(*backbone.encode_blocks(pixels, 1, 2))
+    for a, b in zip(whole, parts):
+        assert torch.equal(a, b)
+    assert not torch.equal(whole[1], shorter[1])  # stopping early is a different encoder
+
+
 def test_original_stream_is_the_ordinary_clip_forward(backbone):
     """o is CLIP's usual residual stream: running open_clip's own transformer gives the same class token."""
     pixels = torch.randn(1, 3, 518, 518)
