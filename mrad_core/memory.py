@@ -5,7 +5,8 @@ compiled model never reads the mapped copy again, yet its pages stay resident (1
 `page_out(path)` asks the kernel to drop them (MADV_PAGEOUT on the read-only mappings of that file: clean file
 pages, re-read from disk should anything touch them again, so contents never change); `paging_out(path)` keeps
 doing so while the compiler reads them, so the weights are not resident twice at the peak. `trim_heap()` returns freed
-heap memory (glibc `malloc_trim`) after PyTorch weights are released. `rss_mb()` reads the current and peak RSS.
+heap memory (glibc `malloc_trim`) after PyTorch weights are released. `rss_mb()` reads the current and peak RSS,
+`resident_kb(path)` how much of a mapped file is resident.
 """
 from __future__ import annotations
 
@@ -44,6 +45,22 @@ def mapped_ranges(path: str | Path, maps: str = "/proc/self/maps") -> list[tuple
             start, end = (int(x, 16) for x in parts[0].split("-"))
             out.append((start, end, parts[1]))
     return out
+
+
+def resident_kb(path: str | Path, smaps: str = "/proc/self/smaps") -> int:
+    """kB of `path`'s mappings resident in this process (0 where there is no /proc)."""
+    target, total, inside = str(Path(path).resolve()), 0, False
+    try:
+        lines = Path(smaps).read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        head = line.split(maxsplit=5)
+        if head and "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line
+            inside = len(head) == 6 and head[5] == target
+        elif inside and head[0] == "Rss:":
+            total += int(head[1])
+    return total
 
 
 def page_out(path: str | Path) -> int:

@@ -88,7 +88,7 @@ def test_compiled_engine_does_not_keep_the_ir_resident(tiny_files, tiny_config, 
     binary = det.engine.xml.with_suffix(".bin")
     if not memory.mapped_ranges(binary):
         pytest.skip("this OpenVINO reads the IR instead of mapping it")
-    assert _resident_kb(binary) < 0.1 * binary.stat().st_size / 1024
+    assert memory.resident_kb(binary) < 0.1 * binary.stat().st_size / 1024
     before = det.predict(tiny_files["images"][:1])
     memory.page_out(binary)  # whatever the engine still reads from the file (small constants) comes back intact
     np.testing.assert_array_equal(before["clip"].map, det.predict(tiny_files["images"][:1])["clip"].map)
@@ -102,18 +102,6 @@ def pages_out(tmp_path) -> bool:
     with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
         m[::4096]
         return memory.page_out(f) > 0
-
-
-def _resident_kb(path) -> int:
-    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
-    total, inside = 0, False
-    for line in open("/proc/self/smaps"):
-        head = line.split()
-        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
-            inside = line.rstrip("\n").endswith(str(path.resolve()))
-        elif inside and head[0] == "Rss:":
-            total += int(head[1])
-    return total
 
 
 def test_openvino_precisions(tiny_files, tiny_config, tiny_detector, cache):

@@ -8,17 +8,6 @@ import pytest
 from mrad_core import memory
 
 
-def _resident_kb(path) -> int:
-    total, inside = 0, False
-    for line in open("/proc/self/smaps"):
-        head = line.split()
-        if "-" in head[0] and not head[0].endswith(":"):
-            inside = line.rstrip("\n").endswith(str(path.resolve()))
-        elif inside and head[0] == "Rss:":
-            total += int(head[1])
-    return total
-
-
 @pytest.fixture
 def mapped(tmp_path):
     """A 16 MB file with a space in its name, mapped read-only and fully touched."""
@@ -35,9 +24,9 @@ def mapped(tmp_path):
 
 def test_page_out_drops_the_pages_and_keeps_the_contents(mapped):
     path, m, data = mapped
-    assert _resident_kb(path) >= 15 * 1024
+    assert memory.resident_kb(path) >= 15 * 1024
     assert memory.page_out(path) >= len(data)
-    assert _resident_kb(path) < 1024
+    assert memory.resident_kb(path) < 1024
     assert m[:] == data  # read back from the file
 
 
@@ -46,10 +35,10 @@ def test_paging_out_works_while_the_block_runs(mapped):
     with memory.paging_out(path, interval=0.01):
         assert m[::4096] == data[::4096]
         deadline = time.monotonic() + 5
-        while _resident_kb(path) > 1024 and time.monotonic() < deadline:
+        while memory.resident_kb(path) > 1024 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert _resident_kb(path) <= 1024
-    assert _resident_kb(path) < 1024
+        assert memory.resident_kb(path) <= 1024
+    assert memory.resident_kb(path) < 1024
 
 
 def test_writable_mappings_are_left_alone(tmp_path):
