@@ -152,6 +152,26 @@ def test_foreign_weights_are_refused(tmp_path, tiny_config):
         Backbone.load(tmp_path / "missing.safetensors", tiny_config)
 
 
+def test_text_encoder_skips_only_what_cannot_reach_the_eot_token(backbone):
+    """Tokens after the last EOT are not computed; the features equal the full 77-token causal forward."""
+    torch.manual_seed(3)
+    prompts, eot = torch.randn(2, 77, 32), torch.tensor([12, 17])
+    compound = [torch.randn(4, 32) for _ in range(3)]
+    clip = backbone.clip
+    with torch.no_grad():
+        x = prompts + clip.positional_embedding
+        for i, blk in enumerate(clip.transformer.resblocks):  # the whole sequence, as CLIP runs it
+            if 1 <= i <= len(compound):
+                x = torch.cat([x[:, :1], compound[i - 1].half().float().expand(2, -1, -1), x[:, 5:]], dim=1)
+            x = blk(x, attn_mask=clip.attn_mask)
+        full = F.normalize(clip.ln_final(x)[torch.arange(2), eot] @ clip.text_projection, dim=-1)
+        ours = backbone.encode_text(prompts, eot, compound)
+        tail = prompts.clone()
+        tail[:, 18:] = torch.randn(2, 59, 32)
+        assert torch.equal(backbone.encode_text(tail, eot, compound), ours)
+    assert torch.allclose(ours, full, atol=1e-6)
+
+
 def test_text_encoder_inserts_compound_prompts_rounded_to_fp16(backbone):
     torch.manual_seed(0)
     prompts = torch.randn(2, 77, 32)
