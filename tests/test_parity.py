@@ -7,47 +7,28 @@ import torch
 
 from mrad_core import BankBuilder, MemoryBank, load_mask
 from mrad_core.cli import main
-
-QUERIES = ("query_good", "query_bad", "query_bad_small")
-VARIANTS = ("tf", "ft", "clip")
+from parity_checks import QUERIES, VARIANTS, assert_intermediates, assert_matches_reference, score_queries
+from parity_checks import expected as load_expected
 
 
 @pytest.fixture(scope="module")
 def expected(parity_dir):
-    return dict(np.load(parity_dir / "expected.npz"))
+    return load_expected(parity_dir)
 
 
 @pytest.fixture(scope="module")
 def outputs(parity_detector, parity_dir):
-    """One encoding per query, scored by every variant."""
-    out = {}
-    for q in QUERIES:
-        enc = parity_detector.encode([parity_dir / "images" / f"{q}.png"])
-        out[q] = (enc, {v: parity_detector.score(enc, v) for v in VARIANTS})
-    return out
+    return score_queries(parity_detector, parity_dir)
 
 
 @pytest.mark.parametrize("query", QUERIES)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_scores_and_maps_match_reference(outputs, expected, query, variant):
-    r = outputs[query][1][variant]
-    assert abs(r.score[0] - expected[f"{query}.{variant}.score"][0]) <= 1e-5
-    assert abs(r.image_prob[0] - expected[f"{query}.{variant}.cls_prob"][0]) <= 1e-5
-    assert r.map.shape == (1, 518, 518) and r.map.dtype == np.float32
-    assert np.abs(r.map[0] - expected[f"{query}.{variant}.map"]).max() <= 1e-4
+    assert_matches_reference(outputs[query][1][variant], expected, query, variant)
 
 
 def test_intermediates_match_reference(outputs, expected):
-    enc, results = outputs["query_bad"]
-    q = "query_bad"
-    np.testing.assert_allclose(enc.image_feature.numpy(), expected[f"{q}.cls_feature"], atol=1e-4, rtol=1e-5)
-    np.testing.assert_allclose(enc.patch_tokens.numpy(), expected[f"{q}.patch_tokens_24"], atol=1e-4)
-    np.testing.assert_allclose(enc.proj_tokens.numpy(), expected[f"{q}.patch_proj_tokens_24"], atol=1e-4)
-    for v in VARIANTS:
-        np.testing.assert_allclose(results[v].extras["seg_probs"], expected[f"{q}.{v}.seg_logits"], atol=1e-5)
-    np.testing.assert_allclose(results["clip"].extras["prior"], expected[f"{q}.clip.prior"], atol=1e-5)
-    np.testing.assert_allclose(results["clip"].extras["text_features"], expected[f"{q}.clip.text_features"],
-                               atol=1e-5)
+    assert_intermediates(outputs, expected)
 
 
 def test_variants_really_differ(outputs):

@@ -1,18 +1,17 @@
 """Full-size parity of the OpenVINO engine (issue 14): fp32 (INFERENCE_PRECISION_HINT=f32) reproduces the reference's
 scores (1e-5) and maps (1e-4) on ../shared/parity for every query and variant, as the PyTorch path does."""
-import numpy as np
 import pytest
+
+import parity_checks
 
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.parity
 
-QUERIES = ("query_good", "query_bad", "query_bad_small")
-VARIANTS = ("tf", "ft", "clip")
 
 
 @pytest.fixture(scope="module")
 def expected(parity_dir):
-    return dict(np.load(parity_dir / "expected.npz"))
+    return parity_checks.expected(parity_dir)
 
 
 @pytest.fixture(scope="module")
@@ -23,28 +22,14 @@ def ov_outputs(parity_dir, parity_backbone):
                         parity_dir / "cache_patch_model_fixture.pt", device="cpu", engine="openvino")
     assert det.run_info == {"engine": "openvino", "precision": "fp32", "device": "cpu"}
     assert not det.backbone.has_vision  # the engine holds the vision weights; PyTorch's copy is gone
-    out = {}
-    for q in QUERIES:
-        enc = det.encode([parity_dir / "images" / f"{q}.png"])
-        out[q] = (enc, {v: det.score(enc, v) for v in VARIANTS})
-    return out
+    return parity_checks.score_queries(det, parity_dir)
 
 
-@pytest.mark.parametrize("query", QUERIES)
+@pytest.mark.parametrize("query", parity_checks.QUERIES)
 def test_openvino_fp32_matches_reference(ov_outputs, expected, query):
-    for v in VARIANTS:
-        r = ov_outputs[query][1][v]
-        assert abs(r.score[0] - expected[f"{query}.{v}.score"][0]) <= 1e-5, v
-        assert abs(r.image_prob[0] - expected[f"{query}.{v}.cls_prob"][0]) <= 1e-5, v
-        assert r.map.shape == (1, 518, 518) and r.map.dtype == np.float32
-        assert np.abs(r.map[0] - expected[f"{query}.{v}.map"]).max() <= 1e-4, v
+    for v in parity_checks.VARIANTS:
+        parity_checks.assert_matches_reference(ov_outputs[query][1][v], expected, query, v)
 
 
 def test_openvino_intermediates_match_reference(ov_outputs, expected):
-    q = "query_bad"
-    enc, results = ov_outputs[q]
-    np.testing.assert_allclose(enc.image_feature.numpy(), expected[f"{q}.cls_feature"], atol=1e-4, rtol=1e-5)
-    np.testing.assert_allclose(enc.patch_tokens.numpy(), expected[f"{q}.patch_tokens_24"], atol=1e-4)
-    np.testing.assert_allclose(enc.proj_tokens.numpy(), expected[f"{q}.patch_proj_tokens_24"], atol=1e-4)
-    for v in VARIANTS:
-        np.testing.assert_allclose(results[v].extras["seg_probs"], expected[f"{q}.{v}.seg_logits"], atol=1e-5)
+    parity_checks.assert_intermediates(ov_outputs, expected)
