@@ -10,20 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from served_app import launch
+from served_app import launch, served_tiny
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-FILES = ("backbone", "heads", "image_bank", "patch_bank")
 
 
 @pytest.fixture(scope="module")
 def served(tiny_files):
-    from mrad_core.service import Service
-    service = Service(files={k: tiny_files[k] for k in FILES}, model=tiny_files["model"], device="cpu",
-                      precision="fp32")  # compared exactly with the fp32 tiny_detector
-    demo, url = launch(service)
-    yield service, url, demo.mrad
-    demo.close()
+    with served_tiny(tiny_files, precision="fp32") as (service, demo, url):  # compared with the fp32 tiny_detector
+        yield service, url, demo.mrad
 
 
 @pytest.fixture(scope="module")

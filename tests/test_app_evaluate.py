@@ -10,23 +10,18 @@ from pathlib import Path
 import pytest
 
 from mrad_core.metrics import METRICS, TITLES
-from served_app import CHROMIUM, CHROMIUM_ARGS, launch
+from served_app import CHROMIUM, CHROMIUM_ARGS, served_tiny
 from synthetic_datasets import evaluated_mvtec_zip
 from tiny_model import synthetic_image
 
-FILES = ("backbone", "heads", "image_bank", "patch_bank")
 TOL = 1e-9  # metrics: same images, same code path (as tests/test_labelled.py)
 SCORE_TOL = 1e-6  # image scores: another batch split may sum in another order
 
 
 @pytest.fixture(scope="module")
 def served(tiny_files):
-    from mrad_core.service import Service
-    service = Service(files={k: tiny_files[k] for k in FILES}, model=tiny_files["model"], device="cpu",
-                      precision="fp32")
-    demo, url = launch(service)
-    yield service, url, demo
-    demo.close()
+    with served_tiny(tiny_files, precision="fp32") as (service, demo, url):
+        yield service, url, demo
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from served_app import CHROMIUM, launch
+from served_app import CHROMIUM, served_tiny
 from served_app import CHROMIUM_ARGS as ARGS
 
 pytestmark = pytest.mark.browser
@@ -13,12 +13,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def served(tiny_files):
-    from mrad_core.service import Service
-    service = Service(files={k: tiny_files[k] for k in ("backbone", "heads", "image_bank", "patch_bank")},
-                      model=tiny_files["model"], device="cpu")
-    demo, url = launch(service)
-    yield service, url
-    demo.close()
+    with served_tiny(tiny_files) as (service, _, url):
+        yield service, url
 
 
 def score(page, variant="tf") -> float:
