@@ -8,10 +8,10 @@ sends it) leads to `data`; ("truncated", data) announces len(data) bytes, sends 
 """
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from local_server import LocalServer
 
 QUOTA_PAGE = b"""<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>
 <p>Sorry, you can't view or download this file at this time.</p><p>Too many users have viewed or downloaded this
@@ -24,34 +24,10 @@ VIRUS_PAGE = """<!DOCTYPE html><html><head><title>Google Drive - Virus scan warn
 <input type="hidden" name="uuid" value="0b1d-uuid"></form></body></html>"""
 
 
-class StandInDrive:
+class StandInDrive(LocalServer):
     def __init__(self, files: dict):
+        super().__init__()  # self.requests: paths with query
         self.files = dict(files)
-        self.requests: list = []  # paths with query
-        self._lock = threading.Lock()
-        drive = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                drive._serve(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
     def hits(self, file_id: str) -> int:
         with self._lock:
@@ -63,7 +39,7 @@ class StandInDrive:
         h.send_header("Content-Length", str(len(body) if length is None else length))
         h.end_headers()
 
-    def _serve(self, h):
+    def _serve(self, h, body: bool = True):
         parts = urlsplit(h.path)
         with self._lock:
             self.requests.append(h.path)

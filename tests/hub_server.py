@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
+
+from local_server import LocalServer
 
 RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 
@@ -33,30 +33,13 @@ class Repo:
         self.faults = dict(faults or {})
 
 
-class StandInHub:
+class StandInHub(LocalServer):
+    head = True
+
     def __init__(self):
+        super().__init__()  # self.requests: (method, path, Range header)
         self.repos: dict[str, Repo] = {}
-        self.requests: list = []  # (method, path, Range header)
-        self._lock = threading.Lock()
         self._dropped = set()
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                hub._serve(self, body=False)
-
-            def do_GET(self):
-                hub._serve(self, body=True)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def add_repo(self, repo_id: str, files: dict, **kw) -> Repo:
         self.repos[repo_id] = Repo(files, **kw)
@@ -65,14 +48,6 @@ class StandInHub:
     def hits(self, method=None, contains=""):
         with self._lock:
             return [r for r in self.requests if (method is None or r[0] == method) and contains in r[1]]
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
     # ------------------------------------------------------------ responses
     def _error(self, h, status, code=None, message="", commit=None):
