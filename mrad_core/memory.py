@@ -31,36 +31,38 @@ def _libc():
         return None
 
 
-def mapped_ranges(path: str | Path, maps: str = "/proc/self/maps") -> list[tuple[int, int, str]]:
-    """(start, end, permissions) of this process's mappings of `path`."""
+def _mappings(path: str | Path, proc_file: str):
+    """For each mapping of `path` in /proc/self/maps or smaps: (start, end, permissions, the smaps lines that
+    follow it). Nothing where there is no /proc."""
     target = str(Path(path).resolve())
-    out = []
     try:
-        lines = Path(maps).read_text().splitlines()
+        lines = Path(proc_file).read_text().splitlines()
     except OSError:
-        return out
+        return
+    current = None
     for line in lines:
         parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5] == target:
-            start, end = (int(x, 16) for x in parts[0].split("-"))
-            out.append((start, end, parts[1]))
-    return out
+        if parts and "-" in parts[0] and not parts[0].endswith(":"):  # a mapping's first line
+            if current:
+                yield current
+            current = None
+            if len(parts) == 6 and parts[5] == target:
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                current = (start, end, parts[1], [])
+        elif current:
+            current[3].append(parts)
+    if current:
+        yield current
+
+
+def mapped_ranges(path: str | Path, maps: str = "/proc/self/maps") -> list[tuple[int, int, str]]:
+    """(start, end, permissions) of this process's mappings of `path`."""
+    return [(start, end, perms) for start, end, perms, _ in _mappings(path, maps)]
 
 
 def resident_kb(path: str | Path, smaps: str = "/proc/self/smaps") -> int:
     """kB of `path`'s mappings resident in this process (0 where there is no /proc)."""
-    target, total, inside = str(Path(path).resolve()), 0, False
-    try:
-        lines = Path(smaps).read_text().splitlines()
-    except OSError:
-        return 0
-    for line in lines:
-        head = line.split(maxsplit=5)
-        if head and "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line
-            inside = len(head) == 6 and head[5] == target
-        elif inside and head[0] == "Rss:":
-            total += int(head[1])
-    return total
+    return sum(int(f[1]) for *_, fields in _mappings(path, smaps) for f in fields if f and f[0] == "Rss:")
 
 
 def page_out(path: str | Path) -> int:

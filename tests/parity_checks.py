@@ -2,8 +2,9 @@
 variant, compared with the reference's outputs (expected.npz) within the public tolerances."""
 import numpy as np
 
+from mrad_core.config import VARIANTS
+
 QUERIES = ("query_good", "query_bad", "query_bad_small")
-VARIANTS = ("tf", "ft", "clip")
 
 
 def expected(parity_dir) -> dict:

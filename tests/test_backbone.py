@@ -80,7 +80,7 @@ def test_encoder_split_into_parts_computes_the_same(backbone):
         shorter = backbone.encode_outputs(*backbone.encode_blocks(pixels, 1, 2))
     for a, b in zip(whole, parts):
         assert torch.equal(a, b)
-    assert not torch.equal(whole[1], shorter[1])  # stopping early is a different encoder
+    assert (whole[1] - shorter[1]).abs().max() > 1e-2  # stopping early is a different encoder, on any CPU
 
 
 def test_original_stream_is_the_ordinary_clip_forward(backbone):
