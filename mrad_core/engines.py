@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import memory
+from . import files, memory
 from .backbone import Backbone, Encoding, encoding_from_tokens
 from .errors import MRADError
 
@@ -164,6 +164,8 @@ def cached_ir(backbone: Backbone, cache_dir: Path | None = None) -> tuple[Path, 
         meta = {"weights": backbone.weights_path, "model": backbone.config.model_name,
                 "image_size": backbone.config.image_size, "openvino": ov.__version__, "outputs": OUTPUTS}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        for written in tmp.iterdir():  # on disk before the directory is renamed into place
+            files.sync(written)
         try:
             tmp.rename(directory)
         except OSError:  # another process won the race: use its copy

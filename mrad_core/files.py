@@ -28,3 +28,13 @@ def write_text(path, text: str) -> Path:
     with atomic(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def sync(path) -> None:
+    """Flush `path`'s data to disk (before renaming it into place: a crash then leaves the old file or the whole new
+    one, and its pages are clean, so a mapping of it can be dropped from memory at once)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
