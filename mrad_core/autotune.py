@@ -1,0 +1,419 @@
+"""`--precision auto` measured where it runs: each engine x precision this CPU runs natively, timed on a few
+bundled images and compared with fp32's maps on the same images; the fastest pair inside the bounds wins.
+
+The bounds are bench/bench.py's: the worst max abs map difference <= 1e-2 and the worst map correlation >= 0.999
+against PyTorch fp32, over every image x variant. The decision and its figures are cached as JSON under
+<cache dir>/autotune/<key>.json, the key made of the CPU's flags, the library versions (torch, openvino,
+open_clip, nncf) and the backbone's identity: a new CPU, a library upgrade or other weights measure again.
+
+    rows = measure(candidates(flags), images, encode_fn, maps_fn)      # the pure measuring loop
+    best = select(rows)                                                 # the pure rule
+    decision = tune(backbone, scorer, images, cache_dir)                # measure once, cache, answer later
+    engine, precision, source = decide(cache_dir, backbone_id, device)  # what `auto` runs now (never measures)
+
+`decide` never measures (a first start must not get slower): a cached measurement of this very machine wins,
+then the benchmark's recorded facts for the CPU class (engine_facts.json, the fast path for known classes), then
+what is exact (OpenVINO fp32 where installed, else PyTorch fp32) until `tune` has run: at idle time, or on the
+first `mrad doctor`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BOUND_MAX_ABS, BOUND_CORR = 1e-2, 0.999
+REFERENCE = ("torch", "fp32")  # the exact pair every other one is compared with
+IMAGES = 2  # bundled images measured per candidate (the doctor's 3-minute target on 2 cores)
+FORMAT = 1  # of the cached JSON
+
+
+@dataclass(frozen=True)
+class Candidate:
+    engine: str
+    precision: str
+
+    @property
+    def pair(self) -> tuple:
+        return self.engine, self.precision
+
+
+# ---------------------------------------------------------------------------------------------------- the machine
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset:
+    """The CPU's feature flags (the first `flags` line of /proc/cpuinfo); empty where there is none."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_class(flags) -> str:
+    """The same classes as engines.cpu_class, from given flags: amx, avx512_bf16, avx512, avx2 or other."""
+    for name, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return name
+    return "other"
+
+
+def native_bf16(flags) -> bool:
+    """bf16 arithmetic in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and only slower."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def library_versions() -> dict:
+    """The versions the measured speeds and accuracies depend on (None: not installed)."""
+    out = {}
+    for name, module in (("torch", "torch"), ("openvino", "openvino"), ("open_clip", "open_clip"), ("nncf", "nncf")):
+        try:
+            out[name] = __import__(module).__version__
+        except ImportError:
+            out[name] = None
+        except AttributeError:
+            out[name] = "unknown"
+    return out
+
+
+def backbone_identity(weights_path=None, model_name: str = "", image_size: int = 0) -> str:
+    """The backbone a decision was measured with: the weights file's sha256 (or "pretrained"), the model (a config
+    .json by its contents) and the input size."""
+    from . import hub
+
+    weights = hub.file_sha256(weights_path) if weights_path and Path(weights_path).is_file() else "pretrained"
+    model = model_name
+    if model_name.endswith(".json") and Path(model_name).is_file():
+        model = hashlib.sha256(Path(model_name).read_bytes()).hexdigest()
+    return hashlib.sha256(f"{weights}|{model}|{image_size}".encode()).hexdigest()[:32]
+
+
+def identity_of(backbone) -> str:
+    return backbone_identity(backbone.weights_path, backbone.config.model_name, backbone.config.image_size)
+
+
+def cache_key(flags, versions: dict, backbone_id: str) -> str:
+    """What a decision depends on; any change (a CPU flag, a library version, the backbone) is another key."""
+    text = json.dumps({"flags": sorted(flags), "versions": versions, "backbone": backbone_id, "format": FORMAT},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def default_cache_dir() -> Path:
+    """~/.cache/mrad: the app and the CLI pass Settings' MRAD_CACHE_DIR instead where it is set."""
+    return Path.home() / ".cache" / "mrad"
+
+
+def cache_path(cache_dir, key: str) -> Path:
+    return Path(cache_dir or default_cache_dir()) / "autotune" / f"{key}.json"
+
+
+# ------------------------------------------------------------------------------------------------- the candidates
+
+def candidates(flags, openvino: bool, int8: bool = False, engine: str | None = None) -> list:
+    """The engine x precision pairs this machine runs natively, PyTorch fp32 (the reference) first: fp32 on each
+    engine; bf16 (PyTorch's whole-backbone autocast and its bf16 MLPs, OpenVINO's bf16 hint) only with native bf16;
+    OpenVINO int8 only when an int8 recipe was kept (quantize.KEPT_RECIPE). `engine` keeps one engine's pairs (and
+    the reference)."""
+    out = [Candidate(*REFERENCE)]
+    bf16 = native_bf16(flags)
+    if bf16:
+        out += [Candidate("torch", "bf16-mlp"), Candidate("torch", "bf16")]
+    if openvino:
+        out.append(Candidate("openvino", "fp32"))
+        if bf16:
+            out.append(Candidate("openvino", "bf16"))
+        if int8:
+            out.append(Candidate("openvino", "int8"))
+    return [c for c in out if engine is None or c.engine == engine or c.pair == REFERENCE]
+
+
+# ------------------------------------------------------------------------------------------------ measuring, rule
+
+def accuracy(reference: list, maps: list) -> tuple:
+    """Worst (max abs difference, correlation) over paired maps (numpy arrays)."""
+    worst_abs, worst_corr = 0.0, 1.0
+    for a, b in zip(reference, maps):
+        a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+        worst_abs = max(worst_abs, float(np.abs(a - b).max()))
+        if np.array_equal(a, b):
+            corr = 1.0
+        elif a.std() == 0 or b.std() == 0:
+            corr = 0.0  # one of them is flat and they differ: no agreement to speak of
+        else:
+            corr = float(np.corrcoef(a, b)[0, 1])
+        worst_corr = min(worst_corr, corr)
+    return worst_abs, worst_corr
+
+
+def within_bounds(max_abs: float, min_corr: float) -> bool:
+    return max_abs <= BOUND_MAX_ABS and min_corr >= BOUND_CORR
+
+
+def measure(candidates, images, encode_fn, maps_fn, timer=time.perf_counter, progress=None) -> list:
+    """Time and check each candidate on the same images.
+
+    encode_fn(candidate, image) -> encoding (timed: what differs between candidates); maps_fn(encoding) -> list of
+    maps (one per variant; not timed: the scoring is the same for every engine). The first image's encode also
+    pays any one-time cost (a compile, a first allocation), so s_per_image is the median of the others (of the only
+    one with one image). The reference pair (PyTorch fp32) is measured first, whatever the order given; its maps
+    are what every other candidate's are compared with. A candidate that fails (EngineError, a missing package) is
+    a row with "error" and out of bounds. Returns rows: {"engine", "precision", "s_per_image", "max_abs",
+    "min_corr", "within_bounds"} (+ "error")."""
+    cands = sorted(candidates, key=lambda c: c.pair != REFERENCE)
+    if not cands or cands[0].pair != REFERENCE:
+        raise ValueError("the candidates must include the reference, PyTorch fp32")
+    rows, reference = [], None
+    for n, cand in enumerate(cands):
+        if progress:
+            progress(n / len(cands), f"measuring {cand.engine} {cand.precision}")
+        times, maps = [], []
+        try:
+            for image in images:
+                t = timer()
+                enc = encode_fn(cand, image)
+                times.append(timer() - t)
+                maps.extend(maps_fn(enc))
+        except Exception as e:  # noqa: BLE001 (a candidate that cannot run here is a row saying so)
+            from .errors import first_line
+            rows.append({"engine": cand.engine, "precision": cand.precision, "s_per_image": None, "max_abs": None,
+                         "min_corr": None, "within_bounds": False, "error": first_line(e)})
+            if reference is None:
+                raise
+            continue
+        if reference is None:
+            reference = maps
+        max_abs, min_corr = accuracy(reference, maps)
+        timed = times[1:] or times
+        rows.append({"engine": cand.engine, "precision": cand.precision, "s_per_image": statistics.median(timed),
+                     "max_abs": max_abs, "min_corr": min_corr, "within_bounds": within_bounds(max_abs, min_corr)})
+    if progress:
+        progress(1.0, "measured")
+    return rows
+
+
+def exact_choice(openvino: bool, engine: str | None = None) -> tuple:
+    """What is exact: OpenVINO fp32 where installed (and allowed), else PyTorch fp32."""
+    return ("openvino", "fp32") if openvino and engine in (None, "openvino") else ("torch", "fp32")
+
+
+def select(rows: list, engine: str | None = None) -> tuple:
+    """The rule: the fastest measured pair inside the bounds (among `engine`'s when one is given); ties go to the
+    exact pairs (fp32), then to the order measured. Nothing measured in bounds: PyTorch fp32 (exact)."""
+    inside = [r for r in rows if r.get("within_bounds") and r.get("s_per_image") is not None
+              and (engine is None or r["engine"] == engine)]
+    if not inside:
+        return REFERENCE if engine in (None, "torch") else (engine, "fp32")
+    best = min(enumerate(inside), key=lambda ir: (ir[1]["s_per_image"], ir[1]["precision"] != "fp32", ir[0]))[1]
+    return best["engine"], best["precision"]
+
+
+# -------------------------------------------------------------------------------------------------------- cache
+
+def load_decision(cache_dir, key: str) -> dict | None:
+    try:
+        data = json.loads(cache_path(cache_dir, key).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if data.get("key") == key and data.get("format") == FORMAT else None
+
+
+def save_decision(cache_dir, decision: dict) -> Path:
+    """Written next to its place, then renamed: a reader never sees half a file."""
+    path = cache_path(cache_dir, decision["key"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".autotune-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(decision, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def doctor_json(decision: dict) -> dict:
+    """The contract of `mrad doctor --json`: exactly these keys."""
+    keys = ("engine", "precision", "s_per_image", "max_abs", "min_corr", "within_bounds")
+    return {"cpu_class": decision["cpu_class"], "choice": dict(decision["choice"]),
+            "candidates": [{k: r.get(k) for k in keys} for r in decision["candidates"]]}
+
+
+# ------------------------------------------------------------------------------------------------ the real thing
+
+def bundled_images(assets: Path, n: int = IMAGES) -> list:
+    """A few of the bundled example images (assets/examples), a normal and an anomalous one first."""
+    found = sorted(Path(assets, "examples").glob("*.png"))
+    if not found:
+        from .errors import MRADError
+        raise MRADError(f"no example images to measure with in {Path(assets, 'examples')}")
+    good = [p for p in found if "good" in p.stem]
+    bad = [p for p in found if "good" not in p.stem]
+    mixed = [p for pair in zip(bad, good) for p in pair] + bad[len(good):] + good[len(bad):]
+    return mixed[:n]
+
+
+class EngineSet:
+    """One engine alive at a time (the full-size model's compiled copies are ~1.2 GB each): built on a candidate's
+    first encode, dropped when another candidate's begins. The PyTorch vision weights are never released here."""
+
+    def __init__(self, backbone, ir_cache_dir=None, int8_factory=None):
+        self.backbone, self.ir_cache_dir, self.int8_factory = backbone, ir_cache_dir, int8_factory
+        self.current, self.engine = None, None
+
+    def get(self, cand: Candidate):
+        import torch
+
+        from . import engines, memory
+        if self.current != cand:
+            self.engine = None
+            memory.trim_heap()
+            if cand.engine == "torch":
+                self.engine = engines.TorchEngine(self.backbone, torch.device("cpu"))
+                self.engine.check(cand.precision)
+            elif cand.precision == "int8":
+                if self.int8_factory is None:
+                    raise engines.EngineError("no int8 recipe was kept (see docs/auto.md)")
+                self.engine = self.int8_factory(self.backbone)
+            else:
+                self.engine = engines.OpenVINOEngine(self.backbone, cache_dir=self.ir_cache_dir, release=False,
+                                                     precision=cand.precision)
+            self.current = cand
+        return self.engine
+
+    def close(self):
+        from . import memory
+        self.current = self.engine = None
+        memory.trim_heap()
+
+
+def tune(detector, images, cache_dir=None, backbone_id: str | None = None, flags=None, versions=None,
+         engine: str | None = None, force: bool = False, int8_factory=None, progress=None,
+         timer=time.perf_counter) -> dict:
+    """This machine's decision: from the cache when measured before (same key), else measured now on `images`
+    and cached. `detector` is a Detector whose backbone still has its PyTorch vision weights (engine "torch") and
+    which has banks (its variants' maps are what the bounds compare). Returns {"key", "cpu_class", "flags",
+    "versions", "backbone", "choice": {"engine", "precision"}, "candidates": rows, "measured_at", "measure_s",
+    "images", "from_cache": bool}."""
+    import torch
+
+    from . import engines
+    from .errors import MRADError
+
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    versions = library_versions() if versions is None else versions
+    backbone_id = backbone_id or identity_of(detector.backbone)
+    key = cache_key(flags, versions, backbone_id)
+    if not force:
+        cached = load_decision(cache_dir, key)
+        if cached is not None:
+            return {**cached, "from_cache": True}
+    if not detector.backbone.has_vision:
+        raise MRADError("measuring needs the PyTorch vision weights: load the detector with engine torch")
+    if not detector.variants:
+        raise MRADError("measuring compares anomaly maps: the detector needs its memory banks")
+    openvino = versions.get("openvino") is not None and engines.openvino_available()
+    cands = candidates(flags, openvino, int8=int8_factory is not None, engine=engine)
+    pixels = {str(p): detector.pixels([p]) for p in images}
+    ir_dir = Path(cache_dir or default_cache_dir()) / "openvino"
+    pool = EngineSet(detector.backbone, ir_dir, int8_factory)
+
+    def encode_fn(cand, image):
+        return pool.get(cand).encode(pixels[str(image)], cand.precision)
+
+    def maps_fn(enc):
+        return [detector.score(enc, v).map[0] for v in detector.variants]
+
+    t = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            rows = measure(cands, [str(p) for p in images], encode_fn, maps_fn, timer=timer, progress=progress)
+    finally:
+        pool.close()
+    choice = select(rows, engine)
+    decision = {"format": FORMAT, "key": key, "cpu_class": cpu_class(flags), "flags": sorted(flags),
+                "versions": versions, "backbone": backbone_id,
+                "choice": {"engine": choice[0], "precision": choice[1]}, "candidates": rows,
+                "images": [Path(p).name for p in images], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                       time.gmtime()),
+                "measure_s": time.perf_counter() - t}
+    save_decision(cache_dir, decision)
+    return {**decision, "from_cache": False}
+
+
+def decide(cache_dir, backbone_id: str, device="cpu", engine: str | None = None, flags=None, versions=None,
+           facts: dict | None = None) -> tuple:
+    """What `--precision auto` runs now, without measuring: (engine, precision, source), source one of
+    "measured" (this machine's cached decision), "recorded" (engine_facts.json for this CPU class), "exact"
+    (nothing known yet: OpenVINO fp32 where installed, else PyTorch fp32), or "cuda" (fp16 autocast)."""
+    import torch
+
+    from . import engines
+
+    if torch.device(device).type == "cuda":
+        return "torch", "fp16", "cuda"
+    if engine is not None:
+        engines.check_engine(engine)
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    versions = library_versions() if versions is None else versions
+    openvino = versions.get("openvino") is not None and engines.openvino_available()
+    if engine == "openvino" and not openvino:
+        engines._import_openvino()  # the clear "not installed" error
+    cached = load_decision(cache_dir, cache_key(flags, versions, backbone_id))
+    if cached is not None:
+        rows = [r for r in cached["candidates"] if r["engine"] != "openvino" or openvino]
+        return (*select(rows, engine), "measured")
+    rows = (engines.recorded_facts() if facts is None else facts).get(cpu_class(flags), [])
+    inside = [r for r in rows if r.get("within_bounds") and (r["engine"] != "openvino" or openvino)
+              and engine in (None, r["engine"])]
+    if inside:
+        best = min(inside, key=lambda r: r["three_variants_s"])
+        return best["engine"], best["precision"], "recorded"
+    return (*exact_choice(openvino, engine), "exact")
+
+
+def needs_measuring(cache_dir, backbone_id: str, device="cpu", flags=None, versions=None,
+                    facts: dict | None = None) -> bool:
+    """Whether an idle-time `tune` would teach `auto` anything: a CPU without a cached decision for this key and
+    without recorded facts for its class (known classes keep the fast path)."""
+    import torch
+
+    from . import engines
+    if torch.device(device).type == "cuda":
+        return False
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    versions = library_versions() if versions is None else versions
+    if load_decision(cache_dir, cache_key(flags, versions, backbone_id)) is not None:
+        return False
+    return not (engines.recorded_facts() if facts is None else facts).get(cpu_class(flags))
+
+
+def as_candidates(pairs) -> list:
+    return [c if isinstance(c, Candidate) else Candidate(*c) for c in pairs]
+
+
+def rows_table(rows: list, choice: tuple | None = None) -> str:
+    """A plain-text table of measured rows (for `mrad doctor` and the benchmark)."""
+    lines = [f"{'engine':9s} {'precision':10s} {'s/image':>8s} {'max|dmap|':>10s} {'min corr':>9s} {'bounds':>6s}"]
+    for r in rows:
+        if r.get("s_per_image") is None:
+            lines.append(f"{r['engine']:9s} {r['precision']:10s} {'-':>8s} {'-':>10s} {'-':>9s} {'n/a':>6s}  "
+                         f"{r.get('error', '')}")
+            continue
+        tag = "  <- auto" if choice and (r["engine"], r["precision"]) == tuple(choice) else ""
+        lines.append(f"{r['engine']:9s} {r['precision']:10s} {r['s_per_image']:8.2f} {r['max_abs']:10.1e} "
+                     f"{r['min_corr']:9.5f} {'ok' if r['within_bounds'] else 'OUT':>6s}{tag}")
+    return "\n".join(lines)
+
+
+__all__ = ["BOUND_CORR", "BOUND_MAX_ABS", "Candidate", "accuracy", "backbone_identity", "bundled_images",
+           "cache_key", "candidates", "cpu_class", "cpu_flags", "decide", "doctor_json", "library_versions",
+           "load_decision", "measure", "native_bf16", "needs_measuring", "rows_table", "save_decision", "select",
+           "tune"]
