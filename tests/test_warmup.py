@@ -1,0 +1,121 @@
+"""A first result without waiting for the OpenVINO conversion (issue 23): on a cold start PyTorch answers while
+the encoder converts in the background, then OpenVINO serves; both within the fp32 parity tolerance; the PyTorch
+weights are released only once no PyTorch encode is in flight. Synchronised with events, never sleeps."""
+import threading
+
+import numpy as np
+import pytest
+
+from mrad_core import Detector, engines, warmup
+
+pytest.importorskip("openvino")
+WAIT = 120  # seconds: an upper bound for the tiny model's conversion, not a timing assertion
+
+
+@pytest.fixture
+def ir_dir(tmp_path):
+    return tmp_path / "openvino"
+
+
+@pytest.fixture
+def torch_detector(tiny_files, tiny_config):
+    f = tiny_files
+    return Detector.from_files(f["backbone"], f["heads"], f["image_bank"], f["patch_bank"], config=tiny_config,
+                               device="cpu", engine="torch")
+
+
+def test_cold_start_serves_torch_while_converting_then_switches(torch_detector, tiny_files, ir_dir, monkeypatch):
+    det = torch_detector
+    reference = det.predict(tiny_files["images"])  # PyTorch fp32, before anything
+    in_conversion, may_finish = threading.Event(), threading.Event()
+    real_convert = engines.convert_openvino
+
+    def held_convert(backbone):
+        in_conversion.set()
+        assert may_finish.wait(WAIT)
+        return real_convert(backbone)
+    monkeypatch.setattr(engines, "convert_openvino", held_convert)
+    assert not warmup.ir_cached(det.backbone, ir_dir)
+    switched = []
+    engine = warmup.engine_for(det.backbone, "cpu", "fp32", ir_dir, on_switch=switched.append)
+    assert isinstance(engine, warmup.WarmEngine)
+    det.engine = engine  # what the runtime does with it (Detector.encode calls engine.encode)
+    assert in_conversion.wait(WAIT)
+    assert engine.status()["state"] == "converting" and engine.name == "torch"
+    before = det.predict(tiny_files["images"])  # answered now, while the conversion runs
+    assert engine.served() == {"engine": "torch", "precision": "fp32"}
+    may_finish.set()
+    assert engine.wait(WAIT) and engine.error is None
+    assert engine.status()["state"] == "ready" and engine.name == "openvino" and switched == [engine.openvino]
+    after = det.predict(tiny_files["images"])
+    assert engine.served() == {"engine": "openvino", "precision": "fp32"}
+    assert warmup.ir_cached(det.backbone, ir_dir)
+    assert not det.backbone.has_vision  # released after the switch
+    assert det.backbone.openvino_engine is engine.openvino  # shared with other detectors on this backbone
+    for v in ("tf", "ft", "clip"):  # the fp32 parity tolerance of tests/test_engines.py
+        np.testing.assert_allclose(before[v].score, reference[v].score, atol=1e-6)
+        np.testing.assert_allclose(after[v].score, before[v].score, atol=1e-5)
+        assert np.abs(after[v].map - before[v].map).max() <= 1e-4
+
+
+def test_release_waits_for_the_pytorch_encode_in_flight(torch_detector, tiny_files, ir_dir):
+    det = torch_detector
+    pixels = det.pixels(tiny_files["images"][:1])
+    built, may_build = threading.Event(), threading.Event()
+
+    def build():  # the real conversion and compile, then held until the test lets the switch happen
+        eng = engines.OpenVINOEngine(det.backbone, cache_dir=ir_dir, release=False)
+        built.set()
+        assert may_build.wait(WAIT)
+        return eng
+    engine = warmup.WarmEngine(det.backbone, "cpu", "fp32", ir_dir, build=build)
+    inside, may_return = threading.Event(), threading.Event()
+    real_encode = engine.torch.encode
+
+    def slow_encode(px, precision):
+        inside.set()
+        assert may_return.wait(WAIT)
+        return real_encode(px, precision)  # reads the vision weights: they must still be there
+    engine.torch.encode = slow_encode
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(enc=engine.encode(pixels, "fp32"),
+                                                        served=engine.served()))
+    worker.start()
+    assert inside.wait(WAIT) and built.wait(WAIT)
+    may_build.set()
+    assert engine.switch_pending.wait(WAIT)  # OpenVINO takes new encodes; the release waits for the one in flight
+    assert det.backbone.has_vision and not engine.ready.is_set()
+    assert engine.status()["state"] == "switching"
+    new = engine.encode(pixels, "fp32")
+    assert engine.served() == {"engine": "openvino", "precision": "fp32"}
+    may_return.set()
+    worker.join(WAIT)
+    assert out["served"] == {"engine": "torch", "precision": "fp32"}
+    assert engine.wait(WAIT) and not det.backbone.has_vision
+    assert (out["enc"].patch_tokens - new.patch_tokens).abs().max() <= 1e-4
+
+
+def test_a_failed_conversion_keeps_pytorch_serving(torch_detector, tiny_files, ir_dir):
+    det = torch_detector
+
+    def build():
+        raise engines.EngineError("the conversion ran out of memory")
+    engine = warmup.WarmEngine(det.backbone, "cpu", "fp32", ir_dir, build=build)
+    assert not engine.wait(WAIT)
+    assert engine.status()["state"] == "failed" and "out of memory" in engine.status()["error"]
+    enc = engine.encode(det.pixels(tiny_files["images"][:1]), "fp32")
+    assert engine.served()["engine"] == "torch" and det.backbone.has_vision and enc.image_feature.shape == (1, 32)
+
+
+def test_cached_ir_or_no_background_means_openvino_at_once(torch_detector, tiny_files, tiny_config, ir_dir):
+    det = torch_detector
+    with pytest.raises(engines.EngineError, match="bf16-mlp"):
+        warmup.WarmEngine(det.backbone, "cpu", "bf16-mlp", ir_dir, start=False)
+    engine = warmup.engine_for(det.backbone, "cpu", "fp32", ir_dir, background=False)  # ZeroGPU: no background
+    assert isinstance(engine, engines.OpenVINOEngine) and engine.info["converted"]
+    f = tiny_files
+    from mrad_core.backbone import Backbone
+    again = Backbone.load(f["backbone"], tiny_config)
+    assert warmup.ir_cached(again, ir_dir)
+    warm = warmup.engine_for(again, "cpu", "fp32", ir_dir)  # cached: compiled in seconds, no PyTorch phase
+    assert isinstance(warm, engines.OpenVINOEngine) and not warm.info["converted"]
