@@ -17,6 +17,12 @@ Measured inside one run (the machines are noisy, so compare ratios, not seconds 
   4. slider re-render: three 518x518 overlays from cached maps (no model call)
   5. bank building: images/s with one encode per image vs the reference (two encodes per image)
   6. peak memory (RSS, and CUDA when used)
+  7. int8 (--int8, or --int8-only for this section alone; needs NNCF): each recipe of mrad_core/quantize.py
+     (transformer preset, SmoothQuant 0.5, attention kept in f32, last blocks kept in f32, weight-only) quantised
+     from the fp32 IR with the six bank images as calibration, then measured by autotune.measure next to PyTorch
+     fp32, OpenVINO fp32 and (native bf16 only) OpenVINO bf16 in the same process: encode s per image (median
+     after the first query) and the worst map difference / correlation against PyTorch fp32 over the three
+     queries x variants. Measured, never assumed: a recipe is within the bounds only if these figures say so
   and the fp32 floor: the encoder's operation count over PyTorch's fp32 matmul rate on this device (close to its
   fp32 peak), i.e. about the fastest any exact-fp32 engine could encode here, and the speed-up over the reference
   that allows
@@ -40,7 +46,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mrad_core import BankBuilder, engines, load_mask  # noqa: E402
+from mrad_core import BankBuilder, autotune, engines, load_mask, quantize  # noqa: E402
 from mrad_core.config import VARIANTS  # noqa: E402
 from mrad_core.loading import load_detector  # noqa: E402
 
@@ -168,6 +174,67 @@ def record(pairs: list, path: Path = engines.FACTS):
     path.write_text(json.dumps(facts, indent=1) + "\n")
 
 
+def int8_section(det, queries, calibration, cache_dir: Path, recipes=tuple(quantize.RECIPES),
+                 measure=autotune.measure, flags=None, progress=None) -> list:
+    """int8 recipes measured side by side with the exact and bf16 pairs (section 7). det: a PyTorch detector with
+    banks (its vision weights kept); queries: the images measured; calibration: the images NNCF calibrates on.
+    Every recipe goes through `measure` (autotune.measure): its row holds its own timing and accuracy."""
+    flags = autotune.cpu_flags() if flags is None else flags
+    px = {str(q): det.pixels([q]) for q in queries}
+    cal = det.pixels(calibration)
+    cands = [autotune.Candidate("torch", "fp32"), autotune.Candidate("openvino", "fp32")]
+    if autotune.native_bf16(flags):
+        cands.append(autotune.Candidate("openvino", "bf16"))
+    cands += [autotune.Candidate("openvino", r) for r in recipes]
+    built, info = {}, {}
+
+    def engine_of(c):
+        if c not in built:
+            built.clear()  # one engine alive at a time (each holds its own copy of the weights)
+            if c.engine == "torch":
+                built[c] = engines.TorchEngine(det.backbone, det.device)
+            elif c.precision in quantize.RECIPES:
+                built[c] = quantize.Int8Engine(det.backbone, c.precision, cal, cache_dir)
+            else:
+                built[c] = engines.OpenVINOEngine(det.backbone, cache_dir=cache_dir / "openvino", release=False,
+                                                  precision=c.precision)
+            info[c.precision] = dict(getattr(built[c], "info", {}))
+        return built[c]
+
+    def encode_fn(c, q):
+        return engine_of(c).encode(px[q], "int8" if c.precision in quantize.RECIPES else c.precision)
+
+    def maps_fn(enc):
+        return [det.score(enc, v).map[0] for v in det.variants]
+
+    with torch.inference_mode():
+        rows = measure(cands, [str(q) for q in queries], encode_fn, maps_fn, progress=progress)
+    built.clear()
+    fp32 = next(r for r in rows if r["engine"] == "torch")["s_per_image"]
+    for r in rows:
+        r["recipe"] = quantize.RECIPES.get(r["precision"])
+        r.update({k: v for k, v in info.get(r["precision"], {}).items() if k.endswith("_s")})
+        r["speedup_vs_torch_fp32"] = fp32 / r["s_per_image"] if r.get("s_per_image") else None
+    return rows
+
+
+def run_int8(parity: Path, shared: Path, cache_dir: Path) -> dict:
+    det = load(parity, shared, "cpu", "torch")
+    queries = [parity / "images" / f"{q}.png" for q in QUERIES]
+    calibration = [parity / "images" / f"bank_{k}_{i}.png" for k in ("good", "bad") for i in range(3)]
+    rows = int8_section(det, queries, calibration, cache_dir,
+                        progress=lambda f, text: print(f"[{f:4.0%}] {text}", file=sys.stderr, flush=True))
+    kept = [r["precision"] for r in rows if r["precision"] in quantize.RECIPES and r["within_bounds"]]
+    return {"rows": rows, "in_bounds_recipes": kept, "cpu_class": engines.cpu_class(),
+            "versions": autotune.library_versions()}
+
+
+def report_int8(res: dict):
+    print(f"\nint8 recipes (NNCF) on CPU class {res['cpu_class']}, encode s per image, maps vs PyTorch fp32")
+    print(autotune.rows_table(res["rows"]))
+    print("in bounds: " + (", ".join(res["in_bounds_recipes"]) or "none of the int8 recipes"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=Path(os.environ.get("MRAD_SHARED", ROOT.parent / "shared")))
@@ -177,6 +244,10 @@ def main():
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench.json")
     ap.add_argument("--cold", action="store_true", help="convert the OpenVINO encoder again, in a fresh cache")
     ap.add_argument("--record", action="store_true", help="write the facts for --precision auto (engine_facts.json)")
+    ap.add_argument("--int8", action="store_true", help="also measure the int8 recipes (section 7; needs NNCF)")
+    ap.add_argument("--int8-only", action="store_true", help="measure only the int8 section")
+    ap.add_argument("--int8-cache", type=Path, default=None,
+                    help="where the int8 section keeps its IRs (default: a temporary directory)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--precisions", help=argparse.SUPPRESS)
     ap.add_argument("--maps", help=argparse.SUPPRESS)
@@ -184,6 +255,14 @@ def main():
     if args.worker:
         return worker(args)
     parity = args.shared / "parity"
+    if args.int8_only:
+        with tempfile.TemporaryDirectory(prefix="mrad-int8-") as tmp:
+            res = run_int8(parity, args.shared, args.int8_cache or Path(tmp))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=1))
+        report_int8(res)
+        print(f"\nwrote {args.out}")
+        return
     ref = json.loads((parity / "timing.json").read_text())
     ref_three = 3 * (statistics.median(ref["encode_s"])) + sum(
         statistics.median(ref[f"{h}_head_s"]) for h in VARIANTS)
@@ -273,6 +352,11 @@ def main():
     res["bank_building"] = {"images_per_s": 6 / t_bank, "reference_images_per_s": ref_rate,
                             "speedup_vs_reference": (6 / t_bank) / ref_rate}
 
+    # 7. int8 recipes (in this process, after the default engine's sections)
+    if args.int8:
+        with tempfile.TemporaryDirectory(prefix="mrad-int8-") as tmp:
+            res["int8"] = run_int8(parity, args.shared, args.int8_cache or Path(tmp))
+
     # 6. memory (of this process: the default engine, after the sections above)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cuda:
@@ -318,6 +402,8 @@ def report(r):
     line("peak RSS (MB)", f"{r['peak_rss_mb']:.0f}")
     if "peak_cuda_mb" in r:
         line("peak CUDA memory (MB)", f"{r['peak_cuda_mb']:.0f}")
+    if "int8" in r:
+        report_int8(r["int8"])
 
 
 if __name__ == "__main__":

@@ -190,3 +190,37 @@ def test_tune_measures_once_caches_and_picks_the_fastest_in_bounds(fresh_detecto
     other = autotune.tune(det, images[:1], tmp_path, flags=AVX2)  # other CPU flags: measured again
     assert calls == [1, 1] and [r["precision"] for r in other["candidates"]] == \
         ["fp32"] * (2 if engines.openvino_available() else 1)
+
+
+def test_each_int8_recipe_in_the_bench_is_measured(fresh_detector, tiny_files, tmp_path):
+    """bench/bench.py's int8 section runs every recipe of mrad_core/quantize.py through autotune.measure (real
+    NNCF on the tiny model): each row carries its own timing and accuracy, nothing is assumed."""
+    pytest.importorskip("nncf")
+    pytest.importorskip("openvino")
+    import sys
+
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench
+    from mrad_core import quantize
+
+    measured = []
+
+    def spy(cands, *a, **k):
+        cands = list(cands)
+        measured.extend(c.precision for c in cands)
+        return autotune.measure(cands, *a, **k)
+    calibration = [tiny_files["images"][0], *sorted(str(p) for p in (ASSETS / "bank").glob("*normal_0.png"))]
+    rows = bench.int8_section(fresh_detector, tiny_files["images"], calibration, tmp_path, measure=spy,
+                              flags=AVX2)
+    assert set(quantize.RECIPES) <= set(measured)
+    by = {r["precision"]: r for r in rows}
+    assert [(r["engine"], r["precision"]) for r in rows[:2]] == [("torch", "fp32"), ("openvino", "fp32")]
+    for name, recipe in quantize.RECIPES.items():
+        r = by[name]
+        assert "error" not in r, r
+        assert r["s_per_image"] > 0 and r["recipe"] == recipe and r["speedup_vs_torch_fp32"] > 0
+        assert r["within_bounds"] == (r["max_abs"] <= 1e-2 and r["min_corr"] >= 0.999)
+        assert r["max_abs"] > 0  # quantised: not bit-identical to fp32, i.e. the int8 model really ran
+    assert fresh_detector.backbone.has_vision
+    assert quantize.KEPT_RECIPE is None or quantize.KEPT_RECIPE in quantize.RECIPES
