@@ -53,5 +53,10 @@ RUN pip install --user --no-deps -e . \
     && if [ "$PRELOAD" = "1" ]; then python -c "from mrad_core.loading import resolve_artefacts; \
 print(resolve_artefacts().report())"; fi
 
+# the OpenVINO IR of the encoder, converted now when the backbone is in the image (PRELOAD=1, or preloaded by the
+# Space): the first start then compiles it in seconds instead of converting for minutes (CPU images only; without
+# the backbone this step only says so, and the first start converts in the background while PyTorch answers)
+RUN if [ "$DEVICE" = "cpu" ]; then python -m mrad_core.warmup; fi
+
 EXPOSE 7860
 CMD ["python", "app.py"]

@@ -151,3 +151,44 @@ def engine_for(backbone, device, precision: str = "fp32", cache_dir: Path | None
     if existing is not None or not background or device.type != "cpu" or ir_cached(backbone, cache_dir):
         return engines.make_engine("openvino", backbone, device, precision, cache_dir=cache_dir)
     return WarmEngine(backbone, device, precision, cache_dir, **kw)
+
+
+def convert_if_local(backbone=None, model: str | None = None, cache_dir: Path | None = None) -> str:
+    """Convert the encoder's IR now when the backbone's file is on this machine (never downloads it): for the
+    Docker build, so that the image's first start compiles a cached IR instead of converting. Returns a line
+    saying what was done."""
+    from dataclasses import replace
+
+    from .backbone import Backbone
+    from .config import DEFAULT
+    from .loading import resolve_artefacts
+
+    if not engines.openvino_available():
+        return "OpenVINO is not installed: nothing to convert"
+    resolution = resolve_artefacts(backbone, model=model, download=False, strict_backbone=False)
+    path = resolution.paths.get("backbone")
+    if not path:
+        return ("the backbone is not on this machine (build with PRELOAD=1 to fetch it): the first start converts "
+                "the encoder in the background")
+    loaded = Backbone.load(path, replace(DEFAULT, model_name=model or DEFAULT.model_name))
+    xml, info = engines.cached_ir(loaded, cache_dir)
+    what = f"converted in {info['convert_s']:.0f} s" if info["converted"] else "already cached"
+    return f"OpenVINO IR of the encoder {what}: {xml}"
+
+
+def main(argv=None) -> int:
+    """`python -m mrad_core.warmup`: convert the encoder's IR if the backbone is local (the Docker build's step)."""
+    import argparse
+
+    from .settings import Settings
+    ap = argparse.ArgumentParser(prog="python -m mrad_core.warmup", description=convert_if_local.__doc__)
+    ap.add_argument("--backbone", default=None, help="backbone file (default: $MRAD_BACKBONE, else open_clip's)")
+    ap.add_argument("--model", default=None, help="open_clip model name or config .json (default: $MRAD_MODEL)")
+    args = ap.parse_args(argv)
+    settings = Settings.from_env()
+    print(convert_if_local(args.backbone or settings.files.get("backbone"), args.model or settings.model))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

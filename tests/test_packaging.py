@@ -154,3 +154,16 @@ def test_zerogpu_front_matter_in_the_readme_follows_the_zerogpu_rules():
     assert fm["sdk"] == "gradio" and fm["app_file"] == "app.py"
     torch_pin = re.search(r"torch==(2\.(\d+)\.\d+)", text[m.end():m.end() + 1500])
     assert torch_pin and 8 <= int(torch_pin[2]) <= 11, "pin a torch version ZeroGPU lists (2.8-2.11) next to it"
+
+
+def test_dockerfile_converts_the_encoder_at_build_time(docker):
+    """The OpenVINO IR is converted in the image (when the backbone is there): after the code and the preload,
+    before the app starts, for CPU images, into the MRAD cache the app reads."""
+    parser, steps = docker
+    convert = index(steps, "RUN", r"python -m mrad_core\.warmup")
+    assert convert > index(steps, "RUN", r"pip install .*-e \.") and convert > index(steps, "RUN", "PRELOAD")
+    assert convert < index(steps, "CMD", "app.py")
+    assert '"$DEVICE" = "cpu"' in steps[convert][1]
+    assert parser.envs["MRAD_CACHE_DIR"].startswith("/home/user/")
+    from mrad_core import warmup
+    assert callable(warmup.main)  # the module the step runs

@@ -119,3 +119,21 @@ def test_cached_ir_or_no_background_means_openvino_at_once(torch_detector, tiny_
     assert warmup.ir_cached(again, ir_dir)
     warm = warmup.engine_for(again, "cpu", "fp32", ir_dir)  # cached: compiled in seconds, no PyTorch phase
     assert isinstance(warm, engines.OpenVINOEngine) and not warm.info["converted"]
+
+
+def test_build_time_conversion_only_with_a_local_backbone(tiny_files, tiny_config, tmp_path, monkeypatch):
+    """The Docker build's step (python -m mrad_core.warmup): converts when the backbone file is here, else says the
+    first start will, without downloading."""
+    from mrad_core import hub
+    line = warmup.convert_if_local(tiny_files["backbone"], tiny_files["model"], tmp_path / "ov")
+    assert line.startswith("OpenVINO IR of the encoder converted")
+    assert len(list((tmp_path / "ov").glob("*/encoder.xml"))) == 1
+    assert "already cached" in warmup.convert_if_local(tiny_files["backbone"], tiny_files["model"], tmp_path / "ov")
+
+    def missing(*a, allow_download=True, **k):
+        assert not allow_download  # never downloads at build time
+        raise hub.HubError("not in the Hugging Face cache")
+    monkeypatch.setattr(hub, "backbone_weights", missing)
+    monkeypatch.delenv("MRAD_BACKBONE", raising=False)
+    assert "not on this machine" in warmup.convert_if_local(None, None, tmp_path / "ov2")
+    assert not (tmp_path / "ov2").exists()

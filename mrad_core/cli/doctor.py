@@ -78,7 +78,8 @@ def run(args):
         images = autotune.bundled_images(args.assets or settings.assets, args.images)
         progress = None if args.json else (lambda f, text: print(f"[{f:4.0%}] {text}", file=sys.stderr, flush=True))
         decision = autotune.tune(det, images, cache_dir, backbone_id=backbone_id, engine=engine, force=args.force,
-                                 int8_factory=_int8_factory(det, images, cache_dir), progress=progress)
+                                 int8_factory=_int8_factory(det, args.assets or settings.assets, cache_dir),
+                                 progress=progress)
     if args.json:
         print(json.dumps(autotune.doctor_json(decision)))
         return 0
@@ -93,9 +94,12 @@ def run(args):
     return 0
 
 
-def _int8_factory(det, images, cache_dir):
-    """The kept int8 recipe's engine maker, or None (no recipe kept: int8 is not a candidate)."""
+def _int8_factory(det, assets: Path, cache_dir):
+    """The kept int8 recipe's engine maker (calibrated on the built-in bank's images, not the measured ones), or
+    None (no recipe kept: int8 is not a candidate)."""
     from .. import quantize
     if quantize.KEPT_RECIPE is None or not quantize.nncf_available():
         return None
-    return quantize.int8_factory(quantize.KEPT_RECIPE, det.pixels(images), cache_dir)
+    calibration = sorted(Path(assets, "bank").glob("*.png"))
+    calibration = [p for p in calibration if not p.stem.endswith("_mask")][:quantize.CALIBRATION_IMAGES]
+    return quantize.int8_factory(quantize.KEPT_RECIPE, det.pixels(calibration), cache_dir)
