@@ -160,16 +160,18 @@ def within_bounds(max_abs: float, min_corr: float) -> bool:
     return max_abs <= BOUND_MAX_ABS and min_corr >= BOUND_CORR
 
 
-def measure(candidates, images, encode_fn, maps_fn, timer=time.perf_counter, progress=None) -> list:
+def measure(candidates, images, encode_fn, maps_fn, timer=time.perf_counter, progress=None,
+            stop_when_out: bool = True) -> list:
     """Time and check each candidate on the same images.
 
     encode_fn(candidate, image) -> encoding (timed: what differs between candidates); maps_fn(encoding) -> list of
     maps (one per variant; not timed: the scoring is the same for every engine). The first image's encode also
     pays any one-time cost (a compile, a first allocation), so s_per_image is the median of the others (of the only
     one with one image). The reference pair (PyTorch fp32) is measured first, whatever the order given; its maps
-    are what every other candidate's are compared with. A candidate that fails (EngineError, a missing package) is
+    are what every other candidate's are compared with. With stop_when_out, a candidate whose maps already left
+    the bounds is not encoded on the remaining images (its time is then its first image's). A candidate that fails (EngineError, a missing package) is
     a row with "error" and out of bounds. Returns rows: {"engine", "precision", "s_per_image", "max_abs",
-    "min_corr", "within_bounds"} (+ "error")."""
+    "min_corr", "within_bounds", "images"} (+ "error")."""
     cands = sorted(candidates, key=lambda c: c.pair != REFERENCE)
     if not cands or cands[0].pair != REFERENCE:
         raise ValueError("the candidates must include the reference, PyTorch fp32")
@@ -184,6 +186,8 @@ def measure(candidates, images, encode_fn, maps_fn, timer=time.perf_counter, pro
                 enc = encode_fn(cand, image)
                 times.append(timer() - t)
                 maps.extend(maps_fn(enc))
+                if stop_when_out and reference is not None and not within_bounds(*accuracy(reference, maps)):
+                    break  # already out of bounds: its other images cannot bring it back in
         except Exception as e:  # noqa: BLE001 (a candidate that cannot run here is a row saying so)
             from .errors import first_line
             rows.append({"engine": cand.engine, "precision": cand.precision, "s_per_image": None, "max_abs": None,
@@ -196,7 +200,8 @@ def measure(candidates, images, encode_fn, maps_fn, timer=time.perf_counter, pro
         max_abs, min_corr = accuracy(reference, maps)
         timed = times[1:] or times
         rows.append({"engine": cand.engine, "precision": cand.precision, "s_per_image": statistics.median(timed),
-                     "max_abs": max_abs, "min_corr": min_corr, "within_bounds": within_bounds(max_abs, min_corr)})
+                     "max_abs": max_abs, "min_corr": min_corr, "within_bounds": within_bounds(max_abs, min_corr),
+                     "images": len(times)})
     if progress:
         progress(1.0, "measured")
     return rows
@@ -408,6 +413,8 @@ def rows_table(rows: list, choice: tuple | None = None) -> str:
                          f"{r.get('error', '')}")
             continue
         tag = "  <- auto" if choice and (r["engine"], r["precision"]) == tuple(choice) else ""
+        if not r["within_bounds"] and r.get("images") == 1:
+            tag += "  (stopped after one image: out of bounds; its time includes one-time costs)"
         lines.append(f"{r['engine']:9s} {r['precision']:10s} {r['s_per_image']:8.2f} {r['max_abs']:10.1e} "
                      f"{r['min_corr']:9.5f} {'ok' if r['within_bounds'] else 'OUT':>6s}{tag}")
     return "\n".join(lines)

@@ -65,6 +65,7 @@ def test_rule_picks_the_fastest_pair_inside_the_bounds():
     assert by["torch", "bf16"]["max_abs"] > autotune.BOUND_MAX_ABS
     assert by["openvino", "bf16"]["within_bounds"]
     assert choice == ("openvino", "bf16")
+    assert by["torch", "bf16"]["images"] == 1 and by["openvino", "bf16"]["images"] == 3  # out: not encoded again
     assert run_rule(costs, noise, engine="torch")[1] == ("torch", "bf16-mlp")
 
 
