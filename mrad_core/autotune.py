@@ -400,6 +400,30 @@ def needs_measuring(cache_dir, backbone_id: str, device="cpu", flags=None, versi
     return not (engines.recorded_facts() if facts is None else facts).get(cpu_class(flags))
 
 
+def tune_in_background(load_torch_detector, images, cache_dir, backbone_id: str | None = None, on_done=None,
+                       on_error=None):
+    """For the app's idle time: a daemon thread that loads a PyTorch fp32 detector with banks
+    (`load_torch_detector()`; the serving one may have released its vision weights to OpenVINO), runs `tune`,
+    drops the detector, then calls on_done(decision) (e.g. to tell the status line and re-resolve `auto` at the
+    next start) or on_error(exception). Returns the started thread."""
+    import threading
+
+    def work():
+        try:
+            det = load_torch_detector()
+            decision = tune(det, images, cache_dir, backbone_id=backbone_id)
+            del det
+        except Exception as e:  # noqa: BLE001 (idle work: report, never crash the app)
+            if on_error is not None:
+                on_error(e)
+            return
+        if on_done is not None:
+            on_done(decision)
+    thread = threading.Thread(target=work, name="mrad-autotune", daemon=True)
+    thread.start()
+    return thread
+
+
 def as_candidates(pairs) -> list:
     return [c if isinstance(c, Candidate) else Candidate(*c) for c in pairs]
 

@@ -225,3 +225,18 @@ def test_each_int8_recipe_in_the_bench_is_measured(fresh_detector, tiny_files, t
         assert r["max_abs"] > 0  # quantised: not bit-identical to fp32, i.e. the int8 model really ran
     assert fresh_detector.backbone.has_vision
     assert quantize.KEPT_RECIPE is None or quantize.KEPT_RECIPE in quantize.RECIPES
+
+
+def test_tune_in_background_reports_its_decision(fresh_detector, tmp_path):
+    import threading
+    done, errors = threading.Event(), []
+    got = {}
+    thread = autotune.tune_in_background(lambda: fresh_detector, autotune.bundled_images(ASSETS, 1), tmp_path,
+                                         on_done=lambda d: (got.update(d), done.set()),
+                                         on_error=lambda e: (errors.append(e), done.set()))
+    assert done.wait(300) and not errors
+    thread.join(60)
+    assert got["choice"] and autotune.load_decision(tmp_path, got["key"])["choice"] == got["choice"]
+    failed = threading.Event()
+    autotune.tune_in_background(lambda: 1 / 0, [], tmp_path, on_error=lambda e: failed.set())
+    assert failed.wait(60)
