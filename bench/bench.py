@@ -201,7 +201,7 @@ def int8_section(det, queries, calibration, cache_dir: Path, recipes=tuple(quant
             else:
                 built[c] = engines.OpenVINOEngine(det.backbone, cache_dir=cache_dir / "openvino", release=False,
                                                   precision=c.precision)
-            info[c.precision] = dict(getattr(built[c], "info", {}))
+            info[c.pair] = dict(getattr(built[c], "info", {}))
         return built[c]
 
     def encode_fn(c, q):
@@ -217,7 +217,7 @@ def int8_section(det, queries, calibration, cache_dir: Path, recipes=tuple(quant
     fp32 = next(r for r in rows if r["engine"] == "torch")["s_per_image"]
     for r in rows:
         r["recipe"] = quantize.RECIPES.get(r["precision"])
-        r.update({k: v for k, v in info.get(r["precision"], {}).items() if k.endswith("_s")})
+        r.update({k: v for k, v in info.get((r["engine"], r["precision"]), {}).items() if k.endswith("_s")})
         r["speedup_vs_torch_fp32"] = fp32 / r["s_per_image"] if r.get("s_per_image") else None
     return rows
 
