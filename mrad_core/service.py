@@ -218,13 +218,15 @@ class Service:
         """Calibration levels belong to a source (each custom bank is one)."""
         return f"{source}:{bank_id}" if source == "custom" else source
 
-    def calibrations(self, det: Detector, source: str, bank_id, variants, known=None, compute=True) -> dict:
-        """{variant: viz.Calibration or None} of a source; with `compute`, the missing ones are computed now.
-        `known`: levels the session carried from an earlier call (e.g. from another ZeroGPU worker)."""
+    def calibrations(self, det: Detector, source: str, bank_id, variants, known=None, compute=True,
+                     progress=None) -> dict:
+        """{variant: viz.Calibration or None} of a source; with `compute`, the missing ones are computed now
+        (progress(fraction, text) after each reference image). `known`: levels the session carried from an earlier
+        call (e.g. from another ZeroGPU worker)."""
         key = self.calibration_key(source, bank_id)
         self.calibrator.remember(key, known or {})
         if compute:
-            return self.calibrator.ensure(det, key, variants, self)
+            return self.calibrator.ensure(det, key, variants, self, progress)
         return {v: self.calibrator.get(key, v) for v in variants}
 
     # ------------------------------------------------------------------ one image
@@ -246,9 +248,8 @@ class Service:
             enc, reused = self.encode_cached(det, pixels)
             synchronize(self.device)
             encode_ms = 0.0 if reused else 1000 * (time.perf_counter() - t0)
-            if calibrate:
-                progress(0.4, "calibrating the map scale on the normal reference images (once per source)")
-            levels = self.calibrations(det, source, bank_id, run, calibrations, compute=calibrate)
+            levels = self.calibrations(det, source, bank_id, run, calibrations, compute=calibrate,
+                                       progress=lambda f, words: progress(0.2 + 0.4 * f, words))
             display = viz.fit(np.asarray(loaded.image))
             outputs = {}
             for i, v in enumerate(run):
@@ -266,13 +267,19 @@ class Service:
         return Analysis(loaded.name, loaded.notes, display, outputs, skipped, encode_ms, reused, source,
                         SOURCE_LABELS[source], setup)
 
-    def calibrate(self, analysis: Analysis, bank_id=None, calibrations=None) -> Analysis:
-        """The same analysis with the calibrated scale's levels of its variants (computed now where missing)."""
+    def calibrate(self, analysis: Analysis, bank_id=None, calibrations=None, progress=_noop) -> Analysis:
+        """The same analysis with the calibrated scale's levels of its variants (computed now where missing;
+        progress(fraction, text) after each reference image)."""
         if analysis.calibrated or not self.settings.calibration:
             return analysis
         det = self.detector(analysis.source, bank_id)
-        return analysis.with_calibrations(self.calibrations(det, analysis.source, bank_id, list(analysis.outputs),
-                                                            calibrations))
+        self.set_status("calibrating the map scale on the normal reference images …")
+        try:
+            levels = self.calibrations(det, analysis.source, bank_id, list(analysis.outputs), calibrations,
+                                       progress=progress or _noop)
+        finally:
+            self._ready()
+        return analysis.with_calibrations(levels)
 
     # ------------------------------------------------------------------ custom banks
     def build_bank(self, normal, defects=(), bank_name="my bank", progress=_noop) -> tuple:

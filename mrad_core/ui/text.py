@@ -32,23 +32,60 @@ def legend_html(colormap, threshold, normalisation) -> str:
             f"threshold)</span></div>")
 
 
-def card_html(out: records.VariantOutput, area, image_threshold, view: viz.View) -> str:
-    bad = out.anomalous(image_threshold)
+class Thresholds:
+    """Which image threshold judges each variant: an inspection profile's own threshold for the variants it has,
+    else the image-threshold slider."""
+
+    def __init__(self, slider: float, profile=None):
+        self.slider, self.profile = float(slider), profile
+
+    def of(self, variant: str) -> float:
+        p = self.profile
+        return float(p.variants[variant].image_threshold) if p is not None and variant in p.variants else self.slider
+
+    def text(self, variant: str) -> str:
+        """The threshold as the card shows it (a profile's to 3 decimals, the slider's to its step)."""
+        own = self.profile is not None and variant in self.profile.variants
+        return f"{self.of(variant):.3f}" if own else f"{self.slider:.2f}"
+
+    def source(self, variant: str) -> str:
+        """Where the variant's threshold comes from, in words (for its card)."""
+        if self.profile is not None and variant in self.profile.variants:
+            return f"{records.name(variant)}'s threshold in profile '{self.profile.name}'"
+        return "the image-threshold slider"
+
+    def note(self) -> str:
+        """The slider's role while a profile judges (empty without a profile)."""
+        if self.profile is None:
+            return ""
+        own = [v for v in VARIANTS if v in self.profile.variants]
+        return (f"  \n_Verdicts: each variant at its own threshold from profile '{self.profile.name}' ("
+                + ", ".join(f"{records.name(v)} {self.of(v):.3f}" for v in own) + "); the image-threshold slider "
+                "judges only variants the profile has no threshold for._")
+
+
+def card_html(out: records.VariantOutput, area, judge: Thresholds, view: viz.View) -> str:
+    threshold = judge.of(out.variant)
+    bad = out.anomalous(threshold)
     colour = "#c62828" if bad else "#2e7d32"
     scale = view.normalisation if view.normalisation != "calibrated" or out.calibration else "raw: not calibrated"
     return (f"<div id='card-{out.variant}' style='border:2px solid {colour};border-radius:8px;padding:8px 12px'>"
-            f"<div style='font-weight:700;color:{colour};font-size:1.1em'>{'ANOMALOUS' if bad else 'normal'}</div>"
+            f"<div style='font-weight:700;color:{colour};font-size:1.1em' class='mrad-verdict'>"
+            f"{'ANOMALOUS' if bad else 'normal'}</div>"
             f"<div><span class='mrad-score' style='font-size:1.8em;font-weight:700'>{out.score:.3f}</span>"
-            f" score (threshold {image_threshold:.2f})</div><div style='height:6px;background:#ddd;"
+            f" score <span class='mrad-threshold' title='{judge.source(out.variant)}'>(threshold "
+            f"{judge.text(out.variant)})</span></div><div style='height:6px;background:#ddd;"
             f"border-radius:3px;position:relative;margin:4px 0'><div style='width:{out.score * 100:.1f}%;height:6px;"
             f"background:{colour};border-radius:3px'></div><div style='position:absolute;left:"
-            f"{image_threshold * 100:.0f}%;top:-3px;width:2px;height:12px;background:#000'></div></div>"
+            f"{threshold * 100:.0f}%;top:-3px;width:2px;height:12px;background:#000'></div></div>"
+            + (f"<small class='mrad-judged'>judged by {judge.source(out.variant)}</small><br>" if judge.profile
+               else "") +
             f"<small>image probability {out.image_prob:.3f} · map top 1 % {out.map_top:.3f}<br>defect area "
             f"{area:.2f} % (pixels ≥ {view.pixel_threshold:.2f}, {scale}) · {out.latency_ms:.0f} ms</small></div>")
 
 
-def summary_md(a: records.Analysis, image_threshold: float, view: viz.View) -> str:
-    verdicts = " · ".join(f"{records.name(v)} **{'anomalous' if o.anomalous(image_threshold) else 'normal'}** "
+def summary_md(a: records.Analysis, judge: Thresholds, view: viz.View) -> str:
+    verdicts = " · ".join(f"{records.name(v)} **{'anomalous' if o.anomalous(judge.of(v)) else 'normal'}** "
                           f"({o.score:.3f})" for v, o in a.outputs.items())
     encoded = "encoding re-used (same image as before)" if a.reused else f"encoded once in {a.encode_ms:.0f} ms"
     note = " · calibrated scale not computed: showing raw" if view.normalisation == "calibrated" and \
@@ -56,7 +93,8 @@ def summary_md(a: records.Analysis, image_threshold: float, view: viz.View) -> s
     skipped = "".join(f"  \n_{records.name(v)} did not run: {why}_" for v, why in a.skipped.items())
     setup = f"{a.setup['device'].upper()} ({a.setup['engine']}, {a.setup['precision']})"
     return (f"**{a.name}** — {verdicts} · {encoded} on {setup} · "
-            f"{a.source_label}{note}" + (f"  \n_{'; '.join(a.notes)}_" if a.notes else "") + skipped)
+            f"{a.source_label}{note}" + (f"  \n_{'; '.join(a.notes)}_" if a.notes else "") + skipped
+            + judge.note())
 
 
 def facts_md(facts) -> str:
