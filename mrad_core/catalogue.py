@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .backbone import Encoding
 from .bank import BankBuilder, MemoryBank
 from .errors import MRADError
 from .heads import Heads
@@ -267,7 +268,15 @@ def build_banks(calls, encoder, images, masks, ids, chunk: int = 8, progress=Non
                                           f"of {len(images)}")
         part = slice(start, start + chunk)
         pixels = torch.stack([preprocess(load_image(p).image, size) for p in images[part]])
-        enc = calls.encode(encoder, pixels)
+        if progress and encoder.device.type == "cpu":  # seconds per image: progress after each (same calls)
+            parts = []
+            for i in range(len(pixels)):
+                parts.append(calls.encode(encoder, pixels[i:i + 1]))
+                progress(min(start + i + 1, len(images)) / len(images),
+                         f"encoded bank image {start + i + 1} of {len(images)}")
+            enc = Encoding.cat(parts)
+        else:
+            enc = calls.encode(encoder, pixels)
         labels = [int(m is not None) for m in masks[part]]
         builder.add(enc.to("cpu"), labels, torch.stack([load_mask(m, size) for m in masks[part]]), ids[part])
     return builder.build()

@@ -109,6 +109,7 @@ class ChunkScorer:
         self.config = SimpleNamespace(image_size=image_size)
         self.variants = tuple(variants)  # evaluate_samples sets the ones it evaluates
         self._score, self._batch, self._results = score, None, {}
+        self.on_image = None  # set by evaluate_samples: on_image(done, total) images of the batch encoded
 
     def require(self, variant: str):
         if variant not in VARIANTS:
@@ -119,7 +120,8 @@ class ChunkScorer:
 
     def score(self, pixels, variant: str):
         if pixels is not self._batch:
-            self._batch, self._results = pixels, self._score(pixels, list(self.variants))
+            extra = {"on_image": self.on_image} if self.on_image is not None else {}
+            self._batch, self._results = pixels, self._score(pixels, list(self.variants), **extra)
         if variant not in self._results:
             raise MRADError(f"{variant_name(variant)} did not run on these images")
         return self._results[variant]
@@ -170,9 +172,15 @@ def _evaluate(detector, labelled, variants, progress, out_dir, workdir, false_al
 
     last = [0.0]
 
+    done_before = [0]
+
     def scored(done, total):
-        last[0] = 0.9 * done / total
+        last[0], done_before[0] = 0.9 * done / total, done
         say(last[0], f"scored {done} of {total} images")
+
+    if isinstance(detector, ChunkScorer) and progress is not None:  # per image, inside each batch's model call
+        detector.on_image = lambda k, size: say(0.9 * min(done_before[0] + k, n) / n,
+                                                f"encoded image {min(done_before[0] + k, n)} of {n}")
 
     def on_class(cls, *args):  # evaluate() goes class by class: plots are drawn between the classes' batches
         say(last[0], f"thresholds and plots for {cls}")

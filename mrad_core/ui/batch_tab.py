@@ -50,7 +50,8 @@ class BatchTab:
         view = viz.View(float(pixel_threshold), normalisation=normalisation)
         self.page.service.tidy()
         r = batch.run_batch(self.page.service, paths, variants, self.page.source_of(source), bank_id, view,
-                            float(image_threshold), lambda p, d: progress(p, desc=d), score=self.page.gpu_chunk)
+                            float(image_threshold), lambda p, d: progress(p, desc=d), score=self.page.gpu_chunk,
+                            per_image=not self.page.settings.zero_gpu)
         table = [[row.get(c, "") for c in r.columns] for row in r.rows]
         n_ok = len(r.rows) - len(r.errors)
         report = f"**{n_ok} image(s) scored** with {', '.join(records.name(v) for v in r.variants)}, sorted by mean " \

@@ -132,8 +132,9 @@ class EvaluateTab:
             raise MRADError("none of the chosen variants can run with this memory bank: " + "; ".join(
                 f"{records.name(v)}: {why}" for v, why in skipped.items()))
 
-        def score(pixels, vs):  # one model call per batch, every variant from one encoding
-            chunk = p.gpu_chunk(pixels, vs, source, bank_id)
+        def score(pixels, vs, on_image=None):  # one model call per batch, every variant from one encoding
+            per_image = {} if on_image is None or p.settings.zero_gpu else {"progress": on_image}
+            chunk = p.gpu_chunk(pixels, vs, source, bank_id, **per_image)
             if set(chunk.skipped) & set(vs):
                 raise _Skipped(chunk.skipped)
             return chunk.results
