@@ -28,7 +28,7 @@ SOURCE_LABELS = {
     "visa": "VisA memory + VisA-trained heads (the paper's pairing for MVTec AD and other datasets)",
     "mvtec": "MVTec AD memory + MVTec-trained heads (the paper's pairing for VisA; non-commercial)",
     "examples": "Built-in synthetic examples (assets/bank; MRAD-TF with the CLIP backbone alone)",
-    "custom": "My bank (build it in the Bank tab)",
+    "custom": "My bank (built in the Bank tab or taught)",
 }
 BANK_ID = re.compile(r"[0-9a-f]{12}")
 KEPT_BANKS = 16  # custom banks kept in memory (their files stay until the work directory is tidied)

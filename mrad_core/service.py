@@ -87,7 +87,8 @@ class Service:
         self._status = text
 
     def _ready(self):
-        self.set_status("ready (" + ", ".join(SOURCE_LABELS[k[0]].split(" (")[0] for k in self._detectors) + ")")
+        loaded = dict.fromkeys(SOURCE_LABELS[k[0]].split(" (")[0] for k in self._detectors)  # each source once
+        self.set_status("ready (" + ", ".join(loaded) + ")")
 
     def tidy(self, max_age: float = 7200):
         """Delete work files older than `max_age` seconds (the UI has long since fetched them)."""

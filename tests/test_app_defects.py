@@ -149,3 +149,27 @@ def test_after_calibrate_each_card_is_judged_by_its_own_threshold(served, page, 
         assert card.locator(".mrad-verdict").inner_text() == ("ANOMALOUS" if score >= threshold else "normal"), v
         assert f"{VARIANT_NAMES[v]}'s threshold in profile 'line 7'" in card.inner_text()
     assert "image-threshold slider judges only" in page.locator("#summary").inner_text()
+
+
+def test_evaluate_figures_are_shown_whole(served, page, tmp_path):
+    good, bad = [], []
+    for i in range(4):
+        synthetic_image(800 + i)[0].save(tmp_path / f"good_{i}.png")
+        img, mask = synthetic_image(900 + i, defect=True)
+        img.save(tmp_path / f"bad_{i}.png")
+        good.append(str(tmp_path / f"good_{i}.png"))
+        bad.append(str(tmp_path / f"bad_{i}.png"))
+    page.get_by_role("tab", name="Evaluate").click()
+    page.set_input_files("#eval-good input[type=file]", good)
+    page.set_input_files("#eval-bad input[type=file]", bad)
+    page.wait_for_function("() => document.querySelectorAll('#eval-bad .file-preview tr, #eval-bad a').length > 0")
+    page.click("#run-eval")
+    page.wait_for_function("() => document.querySelector('#eval-report').innerText.includes('images evaluated')")
+    for gallery in ("#eval-plots", "#eval-mistakes"):
+        page.wait_for_function(f"() => [...document.querySelectorAll('{gallery} img')].some(i => i.naturalWidth)")
+        shown = page.locator(f"{gallery} img").evaluate_all(
+            "els => els.filter(e => e.naturalWidth).map(e => ({fit: getComputedStyle(e).objectFit,"
+            " natural: e.naturalWidth / e.naturalHeight, box: e.clientWidth / e.clientHeight}))")
+        assert shown, gallery
+        for im in shown:  # the whole figure: scaled to fit (never cropped to fill the thumbnail)
+            assert im["fit"] in ("contain", "scale-down") or abs(im["box"] / im["natural"] - 1) < 0.02, (gallery, im)

@@ -27,8 +27,9 @@ class BatchTab:
                                        value="raw", label="Map normalisation of the overlays")
         self.run_batch = gr.Button("Score all", variant="primary", elem_id="run-batch")
         self.batch_report = gr.Markdown()
-        self.gallery = gr.Gallery(label="Sorted by mean score (highest first)", columns=4, height="auto")
-        self.table = gr.Dataframe(label="Results", wrap=True)
+        self.gallery = gr.Gallery(label="Sorted by mean score (highest first); ✗ anomalous, ✓ normal", columns=2,
+                                  height="auto", object_fit="contain", elem_id="batch-gallery")
+        self.table = gr.Dataframe(label="Results", wrap=False, elem_id="batch-table")  # headers on one line
         with gr.Row():
             self.batch_csv = gr.File(label="CSV")
             self.batch_zip = gr.File(label="ZIP: overlays (PNG), raw maps (.npy, 518×518 float32), CSV")

@@ -81,7 +81,7 @@ class DetectTab:
                 with gr.Row():
                     for v in VARIANTS:
                         with gr.Column(min_width=220, elem_id=f"result-{v}") as d.columns[v]:
-                            d.sliders[v] = gr.ImageSlider(label=f"{records.name(v)}: original | overlay",
+                            d.sliders[v] = gr.ImageSlider(label=f"{records.name(v)}: input | map",
                                                           elem_id=f"overlay-{v}", slider_position=5, max_height=300)
                             d.cards[v] = gr.HTML(f"<div id='card-{v}'></div>")
                 d.legend = gr.HTML()

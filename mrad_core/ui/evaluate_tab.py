@@ -80,8 +80,10 @@ class EvaluateTab:
         gr.Markdown(INTRO)
         with gr.Row():
             self.zip = gr.File(label="Labelled ZIP", file_types=[".zip"], elem_id="eval-zip")
-            self.good = gr.File(file_count="multiple", label="…or good images", file_types=["image"])
-            self.bad = gr.File(file_count="multiple", label="…and defective images", file_types=["image"])
+            self.good = gr.File(file_count="multiple", label="…or good images", file_types=["image"],
+                                elem_id="eval-good")
+            self.bad = gr.File(file_count="multiple", label="…and defective images", file_types=["image"],
+                               elem_id="eval-bad")
             self.masks = gr.File(file_count="multiple", label="Masks of the defective images (optional: same file "
                                  "name, or name_mask.png)", file_types=["image"])
         with gr.Row():
@@ -97,8 +99,9 @@ class EvaluateTab:
             self.variant = gr.Dropdown([(records.name(v), v) for v in VARIANTS], value=VARIANTS[0], label="of variant")
             self.apply = gr.Button("Apply to the Detect tab's image threshold", elem_id="eval-apply")
         self.plots = gr.Gallery(label="ROC / PR and PRO curves, score histograms (per class, then all images)",
-                                columns=2, height="auto")
-        self.mistakes = gr.Gallery(label="Worst mistakes: image | overlay | ground truth", columns=1, height="auto")
+                                columns=2, height="auto", object_fit="contain", elem_id="eval-plots")
+        self.mistakes = gr.Gallery(label="Worst mistakes: image | overlay | ground truth", columns=1, height="auto",
+                                   object_fit="contain", elem_id="eval-mistakes")
         self.download = gr.File(label="Report ZIP: metrics.json/csv, scores.csv, analysis.json, plots, overlays")
         self.found = gr.State({})  # {"f1": {variant: threshold | None}, "fpr": {...}} of the last evaluation
 

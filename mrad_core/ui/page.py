@@ -97,7 +97,9 @@ class Page:
     def describe(self, source, bank_id):
         facts = self.service.catalogue.facts(source, bank_id)
         available = self.service.catalogue.variants(source, bank_id)
-        return {self.source_info: text.facts_md(facts), self.source_panel: gr.Accordion(open=facts.missing),
+        missing = bool(text.missing_files(self.settings))
+        return {self.source_info: text.facts_md(facts, self.settings),
+                self.source_panel: gr.Accordion(open=facts.missing or missing),
                 self.variants: gr.CheckboxGroup(value=list(available), info=text.variant_note(available)),
                 self.notice: text.startup_notice(self.service)}
 
@@ -105,7 +107,8 @@ class Page:
         """What the server is loading or doing, its device and precision, and each download under way (file, size,
         progress, where from)."""
         downloads = progress.describe()
-        return self.service.status() + "".join(f"  \n⬇️ {line}" for line in downloads.splitlines())
+        missing = "".join(f"⚠️ {var} not found: `{path}` · " for var, path in text.missing_files(self.settings))
+        return missing + self.service.status() + "".join(f"  \n⬇️ {line}" for line in downloads.splitlines())
 
     def api_defaults(self) -> dict:
         """Endpoint name -> defaults of its inputs after the first (for raw HTTP calls that send only the first)."""

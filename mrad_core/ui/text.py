@@ -97,21 +97,46 @@ def summary_md(a: records.Analysis, judge: Thresholds, view: viz.View) -> str:
             + judge.note())
 
 
-def facts_md(facts) -> str:
-    return f"**{facts.label}**\n" + "\n".join(f"- {line}" for line in facts.lines)
+def facts_md(facts, settings=None) -> str:
+    """A source's facts as a list; with `settings`, the MRAD_* files that point at nothing first."""
+    lines = [f"⚠️ {var} points at a file that does not exist: `{path}`"
+             for var, path in (missing_files(settings) if settings is not None else [])] + list(facts.lines)
+    return f"**{facts.label}**\n" + "\n".join(f"- {line}" for line in lines)
 
 
-def startup_notice(service) -> str:
-    """What stands between a visitor and a first result, said at start (nothing is loaded for it)."""
+def missing_files(settings) -> list:
+    """[(environment variable, path)] of the MRAD_* files that are set but do not exist."""
+    from ..settings import FILE_ENV
+    from pathlib import Path
+    return [(FILE_ENV[k], v) for k, v in settings.files.items() if v and k in FILE_ENV and not Path(v).is_file()]
+
+
+def missing_files_md(settings) -> str:
+    """One warning line per MRAD_* variable that points at nothing ('' when all are there)."""
+    return "  \n".join(f"⚠️ **{var} points at a file that does not exist:** `{path}` (check the path; relative "
+                       "paths start from the folder the app was started in)" for var, path in missing_files(settings))
+
+
+def startup_notice(service, failure: str | None = None) -> str:
+    """What stands between a visitor and a first result: said at start (nothing is loaded for it) and again after
+    a Detect that failed (`failure`: its message), so it never promises what already failed."""
+    missing = missing_files_md(service.settings)
     problem = service.backbone_problem()
     if problem is None:
-        return ""
-    if service.settings.hub_offline:
-        return ("⚠️ **The CLIP backbone is not on this machine and HF_HUB_OFFLINE=1 is set**, so Detect cannot run. "
-                f"To fix: set `MRAD_BACKBONE` to a local ViT-L/14@336 file, or unset HF_HUB_OFFLINE once to let it "
-                f"download (about 1.7 GB).  \n<small>{problem}</small>")
-    return ("ℹ️ **First run:** the CLIP backbone (about 1.7 GB) is not downloaded yet; it downloads on the first "
-            "Detect, which then takes a few minutes. Everything after that is fast.")
+        return missing
+    if failure:
+        notice = ("⚠️ **The CLIP backbone could not be loaded, so Detect cannot run:** " + failure + "  \nTo fix: "
+                  "set `MRAD_BACKBONE` to a local ViT-L/14@336 file, or give this machine access to the Hugging Face "
+                  "Hub, then press Detect again.")
+    elif service.settings.hub_offline:
+        notice = ("⚠️ **The CLIP backbone is not on this machine and HF_HUB_OFFLINE=1 is set**, so Detect cannot run. "
+                  f"To fix: set `MRAD_BACKBONE` to a local ViT-L/14@336 file, or unset HF_HUB_OFFLINE once to let it "
+                  f"download (about 1.7 GB).  \n<small>{problem}</small>")
+    else:
+        notice = ("ℹ️ **First run:** the CLIP backbone (about 1.7 GB) is not downloaded yet; the first Detect "
+                  "downloads it (if this machine can reach the Hugging Face Hub) and prepares it, which takes a few "
+                  "minutes. Everything after that is fast.")
+    return "  \n".join(x for x in (missing, notice) if x)
 
 
 def variant_note(available) -> str:
