@@ -80,11 +80,22 @@ class Service:
 
     # ------------------------------------------------------------------ status
     def status(self) -> str:
-        return (f"{self._status} · device {self.device.type.upper()} · engine {self.engine} · precision "
+        since = getattr(self, "_since", None)
+        busy = since is not None and not self._status.startswith(("ready", "idle"))
+        elapsed = f" ({time.monotonic() - since:.0f} s so far)" if busy else ""
+        return (f"{self._status}{elapsed} · device {self.device.type.upper()} · engine {self.engine} · precision "
                 f"{self.precision}")
 
     def set_status(self, text: str):
-        self._status = text
+        self._status, self._since = text, time.monotonic()
+
+    def _encoder_stage(self) -> str:
+        """What preparing the image encoder involves with this engine (said while a detector loads)."""
+        if self.engine != "openvino":
+            return ""
+        return ("; then the image encoder for OpenVINO: the first time for this backbone it is converted for this "
+                "CPU and cached (3–4 minutes on a 2-core CPU, once per backbone; later starts read the cache in "
+                "seconds)")
 
     def _ready(self):
         loaded = dict.fromkeys(SOURCE_LABELS[k[0]].split(" (")[0] for k in self._detectors)  # each source once
@@ -144,7 +155,8 @@ class Service:
         with self._lock:
             if key not in self._detectors:
                 backbone = self.backbone()
-                self.set_status(f"loading heads and memory banks: {SOURCE_LABELS[source]} …")
+                self.set_status(f"loading heads and memory banks: {SOURCE_LABELS[source]}"
+                                f"{self._encoder_stage()} …")
                 try:
                     heads, image_bank, patch_bank = self.catalogue.parts(source, bank_id, self._examples_bank)
                     self._detectors[key] = Detector(backbone, heads, image_bank, patch_bank, device=self.device,
@@ -238,7 +250,12 @@ class Service:
         progress(fraction, text) reports the stages. Raises MRADError."""
         progress = progress or _noop
         loaded = load_image(image, self.settings.max_pixels)
-        progress(0.05, "loading the model" if self._backbone is None else "preparing")
+        if (source, bank_id if source == "custom" else None) in self._detectors:
+            progress(0.05, "preparing")
+        else:
+            progress(0.05, "loading the model (the CLIP backbone" + (", downloaded first if missing" if
+                     self._backbone is None else "") + f"), heads and banks{self._encoder_stage()}: see the "
+                     "status line above")
         det = self.detector(source, bank_id)
         run, skipped = self.runnable(det, variants)
         pixels = preprocess(loaded.image, self.config.image_size)[None]

@@ -112,7 +112,8 @@ class DetectTab:
                     api_visibility="private"
                     ).then(self.detect_image, [d.image, p.variants, p.source, p.bank_id, p.levels, *controls,
                                                profile],
-                           [p.analysis, p.levels, d.run, *results], api_visibility="private", show_progress="full",
+                           [p.analysis, p.levels, d.run, p.notice, *results], api_visibility="private",
+                           show_progress="full",
                            show_progress_on=[d.summary], **p.model_events)
         for c in controls:
             c.input(self.render, [p.analysis, *controls, profile], results, api_visibility="private", **live)
@@ -146,8 +147,8 @@ class DetectTab:
         try:
             out = self._detect(image, variants, source, bank_id, levels, profile, *controls, progress=progress)
         except gr.Error as e:
-            return self.failed("Detect", e)
-        return {**out, self.run: gr.Button(interactive=True)}
+            return {**self.failed("Detect", e), self.page.notice: text.startup_notice(self.page.service, e.message)}
+        return {**out, self.run: gr.Button(interactive=True), self.page.notice: text.startup_notice(self.page.service)}
 
     def failed(self, what: str, error: gr.Error) -> dict:
         """The outputs after a failed model call: the reason in the summary and a toast, the button back, the
