@@ -18,7 +18,7 @@ class BatchTab:
         gr.Markdown("Many images at once: files, ZIP archives or a folder. Each image is encoded once; bad files are "
                     "listed, the rest scored. Uses the memory bank and variants chosen above.")
         with gr.Row():
-            self.files = gr.File(file_count="multiple", label="Images or ZIP archives")
+            self.files = gr.File(file_count="multiple", label="Images or ZIP archives", elem_id="batch-files")
             self.folder = gr.File(file_count="directory", label="…or a folder")
         with gr.Row():
             self.batch_threshold = gr.Slider(0, 1, 0.5, step=0.01, label="Image threshold (verdicts in the CSV)")
