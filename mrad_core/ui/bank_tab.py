@@ -43,6 +43,4 @@ class BankTab:
         report = f"**Bank ready:** {self.page.service.catalogue.bank_info(bank_id)}. Memory bank switched to *My bank*." + \
             "".join(f"\n- {n}" for n in notes)
         files = [str(p) for p in self.page.service.catalogue.bank_files(bank_id)]
-        catalogue = self.page.service.catalogue
-        choices = [(f"My bank: {name}" if k == "custom" else label, k) for label, k in catalogue.choices()]
-        return report, files, bank_id, bank_id, gr.Dropdown(choices=choices, value="custom")
+        return report, files, bank_id, bank_id, "custom"  # a plain value: the /build_bank API returns it
