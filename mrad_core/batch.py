@@ -109,9 +109,9 @@ def run_batch(service, paths, variants=VARIANTS, source="env", bank_id=None, vie
             preview = out / "previews" / f"{safe_stem(e.name)}.jpg"
             cv2.imwrite(str(preview), cv2.cvtColor(viz.tile_grid(tiles, ["input"] + [records.name(v) for v in run]),
                                                   cv2.COLOR_RGB2BGR))
-            gallery.append((str(preview), " · ".join([  # scores and verdicts first: a long name is cut, not them
+            gallery.append((str(preview), " · ".join([e.name] + [  # short verdicts: the caption fits one line
                 f"{records.name(v)} {row[v + '_score']:.3f} {'✗' if row[v + '_anomalous'] else '✓'}"
-                for v in run] + [e.name])))
+                for v in run])))
     if progress:
         progress(1.0, "writing the CSV and ZIP")
     order = sorted(range(len(rows)), key=lambda k: -rows[k]["mean_score"])
