@@ -131,20 +131,6 @@ def test_missing_openvino_is_a_clear_error(tiny_files, tiny_config, monkeypatch,
     assert json.loads((tmp_path / "out" / "run.json").read_text())["engine"] == "torch"
 
 
-def test_engine_choice(monkeypatch):
-    monkeypatch.delenv("MRAD_ENGINE", raising=False)
-    assert engines.default_engine("cpu") == "openvino"
-    assert engines.default_engine("cpu", "bf16-mlp") == "torch"  # a PyTorch recipe: its engine
-    assert engines.default_engine("cuda") == "torch"
-    monkeypatch.setenv("MRAD_ENGINE", "torch")
-    assert engines.default_engine("cpu") == "torch"
-    monkeypatch.setenv("MRAD_ENGINE", "tensorrt")
-    with pytest.raises(MRADError, match="engine must be one of torch, openvino"):
-        engines.default_engine("cpu")
-    with pytest.raises(MRADError, match="runs on the CPU"):
-        engines.make_engine("openvino", None, torch.device("cuda"))
-
-
 def test_cli_engine_env(tiny_files, tmp_path, monkeypatch, cache):
     f = tiny_files
     monkeypatch.setenv("MRAD_ENGINE", "openvino")
@@ -184,41 +170,3 @@ def test_export_rejects_unknown_format(tmp_path, capsys):
         main(["export", "--format", "tflite", "--out", str(tmp_path)])
 
 
-FACTS = {"amx": [
-    {"engine": "torch", "precision": "fp32", "three_variants_s": 4.8, "within_bounds": True},
-    {"engine": "torch", "precision": "bf16", "three_variants_s": 1.9, "within_bounds": False},
-    {"engine": "torch", "precision": "bf16-mlp", "three_variants_s": 3.6, "within_bounds": True},
-    {"engine": "openvino", "precision": "fp32", "three_variants_s": 2.4, "within_bounds": True},
-    {"engine": "openvino", "precision": "bf16", "three_variants_s": 1.2, "within_bounds": True},
-]}
-
-
-def test_auto_picks_the_fastest_pair_inside_the_bounds(monkeypatch):
-    monkeypatch.setattr(engines, "cpu_class", lambda: "amx")
-    assert engines.resolve_auto("cpu", facts=FACTS) == ("openvino", "bf16")
-    assert engines.resolve_auto("cpu", "torch", facts=FACTS) == ("torch", "bf16-mlp")  # bf16 is out of bounds
-    assert engines.resolve_auto("cuda", facts=FACTS) == ("torch", "fp16")
-    monkeypatch.setattr(engines, "cpu_class", lambda: "avx2")  # nothing recorded for this CPU: the exact engine
-    assert engines.resolve_auto("cpu", facts=FACTS) == ("openvino", "fp32")
-    monkeypatch.setattr(engines, "cpu_class", lambda: "amx")
-    monkeypatch.setitem(sys.modules, "openvino", None)  # not installed: only PyTorch's recorded pairs count
-    assert engines.resolve_auto("cpu", facts=FACTS) == ("torch", "bf16-mlp")
-    with pytest.raises(MRADError, match="pip install openvino"):
-        engines.resolve_auto("cpu", "openvino", facts=FACTS)
-
-
-def test_recorded_facts_are_valid():
-    """The committed facts (bench/bench.py --record) name real engines and precisions, with their bounds."""
-    facts = engines.recorded_facts()
-    assert facts, "engine_facts.json is missing: run python bench/bench.py --record"
-    for rows in facts.values():
-        for r in rows:
-            assert r["engine"] in engines.ENGINES
-            assert r["precision"] in (engines.TORCH_AUTOCAST if r["engine"] == "torch" else engines.OPENVINO_HINTS)
-            assert r["within_bounds"] == (r["max_abs_map_diff"] <= 1e-2 and r["min_map_correlation"] >= 0.999)
-
-
-def test_detector_auto_uses_resolve_auto(tiny_files, tiny_config, monkeypatch, cache):
-    monkeypatch.setattr(engines, "resolve_auto", lambda device, engine=None: ("openvino", "bf16"))
-    det = _detector(tiny_files, tiny_config, precision="auto")
-    assert det.run_info == {"engine": "openvino", "precision": "bf16", "device": "cpu"}
