@@ -5,7 +5,7 @@ Per variant, from the scores and maps of the normal images (5–50 of one produc
     pixel_threshold = numpy.quantile(all normal map pixels, 1 - rate)
     pixel_median    = numpy.median(all normal map pixels)             a typical normal pixel
 The calibrated map scale (`calibrated_map`) is the same for every variant: 0 = pixel_median, 1 = pixel_threshold.
-An image is anomalous when its score is above the image threshold (strictly).
+An image is anomalous when its score reaches the image threshold (score >= threshold: records.is_anomalous).
 
 File (`Profile.save` / `Profile.load`, format "mrad-profile/1"):
     {"format", "name", "rate", "created", "images": [names], "bank": {"image": ID, "patch": ID}, "heads": ID|null,
