@@ -36,6 +36,9 @@ def free_port() -> int:
 
 def fixture_files(shared: Path, fixture: Path) -> dict:
     """The parity fixture's files as the app's environment variables (the backbone generated if missing)."""
+    if not (shared / "parity" / "heads_official.pth").is_file():
+        raise SystemExit(f"the parity fixture is not in {shared / 'parity'}: pass --shared DIR or set MRAD_SHARED "
+                         "(or use --tiny)")
     backbone = fixture / "backbone_openai_vitl14_336.safetensors"
     if not backbone.is_file():
         subprocess.run([sys.executable, str(shared / "parity" / "make_fixture.py"), "--out", str(fixture)], check=True)
