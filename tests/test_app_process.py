@@ -40,7 +40,10 @@ def test_python_app_py_serves_and_answers(tiny_files, tmp_path):
     env = {**os.environ, "MRAD_MODEL": tiny_files["model"], "MRAD_BACKBONE": tiny_files["backbone"],
            "MRAD_HEADS": tiny_files["heads"], "MRAD_IMAGE_BANK": tiny_files["image_bank"],
            "MRAD_PATCH_BANK": tiny_files["patch_bank"], "HF_HUB_OFFLINE": "1", "MRAD_CALIBRATION": "0",
-           "MRAD_CACHE_DIR": str(tmp_path / "cache")}
+           "MRAD_CACHE_DIR": str(tmp_path / "cache"),
+           # heartbeats every 50 ms, so the event stream the curl example reads usually holds some before the result
+           # (the reader's handling of them is checked deterministically in the test above)
+           "GRADIO_HEARTBEAT_INTERVAL": "0.05"}
     log = open(tmp_path / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
                             env=env, stdout=log, stderr=subprocess.STDOUT)
