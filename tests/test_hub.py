@@ -353,6 +353,28 @@ def test_settings_read_the_artefact_variables_once(monkeypatch):
     assert ArtefactOptions().project_dirs() == [Path(__file__).parent.resolve(), Path(__file__).resolve().parents[1]]
 
 
+def test_the_artefacts_package_reads_no_environment_and_imports_no_cli_or_gradio():
+    """What the environment says reaches mrad_core/artefacts/ only as ArtefactOptions; it is library code below
+    the CLI and the UI (the drive -> cli/convert -> hub -> drive cycle is gone)."""
+    import ast
+
+    import mrad_core.artefacts as package
+    found = []
+    for path in sorted(Path(package.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" \
+                    and node.attr in ("environ", "getenv"):
+                found.append(f"{path.name}:{node.lineno} os.{node.attr}")
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [("." * node.level) + (node.module or "")] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                if name.split(".")[0] == "gradio" or name.startswith(("mrad_core.cli", "..cli")) or \
+                        name in ("mrad_core.settings", "..settings"):
+                    found.append(f"{path.name}:{node.lineno} imports {name}")
+    assert found == []
+
+
 # ---------------------------------------------------------------- publish
 def test_publish_stages_files_and_model_card(tiny_files, tmp_path, monkeypatch):
     from mrad_core.cli import main

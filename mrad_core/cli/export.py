@@ -77,7 +77,7 @@ def export(fmt: str, out, backbone_path=None, model=None, settings=None) -> list
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "openvino":
-        xml, _ = cached_ir(backbone)  # the engine's own cached conversion
+        xml, _ = cached_ir(backbone, settings.cache_dir / "openvino")  # the engine's own cached conversion
         files = [out / "mrad_encoder.xml", out / "mrad_encoder.bin"]
         shutil.copyfile(xml, files[0])
         shutil.copyfile(xml.with_suffix(".bin"), files[1])
