@@ -409,16 +409,18 @@ def test_publish_stages_files_and_model_card(tiny_files, tmp_path, monkeypatch):
 
 
 def test_cli_hub_options_reach_the_resolver(monkeypatch):
-    from mrad_core import loading
+    from mrad_core.artefacts import resolve
     from mrad_core.cli import build_parser
     from mrad_core.cli.common import detector_from_args
     seen = {}
-    monkeypatch.setattr(loading, "load_detector", lambda *a, **kw: seen.update(kw) or "detector")
+    monkeypatch.setattr(resolve, "load_detector", lambda *a, **kw: seen.update(kw) or "detector")
     monkeypatch.delenv("MRAD_SOURCE", raising=False)
+    monkeypatch.setenv("MRAD_HUB_REVISION", "env-rev")  # the command's settings reach the resolver as options
     args = build_parser().parse_args(["predict", "x.png", "--out", "o", "--variant", "ft", "--source", "mvtec",
                                       "--hub-repo", "me/mine", "--hub-revision", "v1"])
     assert detector_from_args(args) == "detector"
     assert (seen["source"], seen["repo_id"], seen["revision"], seen["require"]) == ("mvtec", "me/mine", "v1", ("ft",))
+    assert seen["options"].hub_revision == "env-rev" and seen["options"].hub_repo is None
     args = build_parser().parse_args(["predict", "x.png", "--out", "o"])
     detector_from_args(args)
     assert seen["source"] is None and seen["require"] == ("tf", "ft", "clip") and seen["repo_id"] is None
