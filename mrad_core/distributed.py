@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from .errors import MRADError
 
-TIMEOUT = timedelta(hours=int(os.environ.get("MRAD_DIST_TIMEOUT_HOURS", 3)))  # rank 0 computes metrics meanwhile
+TIMEOUT_HOURS = 3  # collectives' timeout: rank 0 computes metrics meanwhile (Settings.dist_timeout_hours,
+# MRAD_DIST_TIMEOUT_HOURS)
 
 
 @dataclass
@@ -37,9 +38,11 @@ class Shard:
         return self.world > 1
 
 
-def setup(device=None) -> tuple[Shard, str | None]:
+def setup(device=None, timeout_hours: float = TIMEOUT_HOURS) -> tuple[Shard, str | None]:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a one-process Shard.
-    Returns (shard, device for this rank): with CUDA each rank uses cuda:LOCAL_RANK and nccl, else gloo."""
+    Returns (shard, device for this rank): with CUDA each rank uses cuda:LOCAL_RANK and nccl, else gloo.
+    torchrun's own WORLD_SIZE / LOCAL_RANK are read here, where the process group is set up."""
+    timeout = timedelta(hours=timeout_hours)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Shard(), device
@@ -52,9 +55,9 @@ def setup(device=None) -> tuple[Shard, str | None]:
         device = f"cuda:{local_rank}"
     if not dist.is_initialized():
         if use_cuda:  # binds the group to this rank's GPU (nccl needs it for barriers)
-            dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device(device))
+            dist.init_process_group("nccl", timeout=timeout, device_id=torch.device(device))
         else:
-            dist.init_process_group("gloo", timeout=TIMEOUT)
+            dist.init_process_group("gloo", timeout=timeout)
     comm = torch.device(device) if use_cuda else torch.device("cpu")
     return Shard(dist.get_rank(), dist.get_world_size(), local_rank, comm), device
 

@@ -1,161 +1,32 @@
-"""From "what the user configured" to a ready Detector, and a report of what is available and what is missing.
-
-Per artefact: explicit path > MRAD_* environment variable > the project's checkpoints/ or cache/ > the Hugging
-Face cache > the authors' files already converted in $MRAD_CACHE_DIR/drive > a Hub mirror (only when one is set)
-> the authors' Google Drive, file by file (see hub.py, drive.py). The backbone without a path comes through
-open_clip's Hub mechanism. Downloads in progress are listed by progress.current_downloads().
-Heads and banks that cannot be had are reported (Resolution.report(), Resolution.missing) instead of failing,
-unless a variant that needs them is required; the backbone is always required.
-"""
+"""Transitional: moved to mrad_core.artefacts.resolve, which takes its settings as `options=` (an ArtefactOptions,
+`Settings.artefacts`) and reads no environment. These wrappers keep today's callers (cli/common.py,
+catalogue.py, bench/, some tests) working with the environment's settings until they pass their own; then this
+module goes."""
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, replace
-
-from .config import DEFAULT
-from .errors import MRADError
-
-ENV = {"backbone": "MRAD_BACKBONE", "heads": "MRAD_HEADS", "image_bank": "MRAD_IMAGE_BANK",
-       "patch_bank": "MRAD_PATCH_BANK"}
-NEEDS = {"tf": ("image_bank", "patch_bank"), "ft": ("image_bank", "patch_bank", "heads"),
-         "clip": ("image_bank", "patch_bank", "heads")}
+from .artefacts.resolve import ENV, NEEDS, ArtefactStatus, Resolution  # noqa: F401
+from .artefacts import resolve as _resolve
 
 
-def resolve_paths(backbone=None, heads=None, image_bank=None, patch_bank=None) -> dict:
-    """Explicit path > environment variable > None (None = not configured: the resolver looks further)."""
-    given = {"backbone": backbone, "heads": heads, "image_bank": image_bank, "patch_bank": patch_bank}
-    return {k: (v or os.environ.get(ENV[k]) or None) for k, v in given.items()}
+def _options(options):
+    if options is not None:
+        return options
+    from .settings import Settings
+    return Settings.from_env().artefacts
 
 
-@dataclass(frozen=True)
-class ArtefactStatus:
-    """One artefact: where it came from (explicit | environment | project | hf-cache | drive-cache | hub | drive |
-    open_clip | missing), what verification established, and for a missing one the error saying how to provide it."""
-
-    kind: str
-    label: str
-    path: str | None
-    origin: str
-    check: str = ""
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.origin != "missing"
-
-    def line(self) -> str:
-        if not self.ok:
-            return f"missing: {self.error}"
-        where = self.path or "open_clip's own pretrained weights"
-        return f"ok: {self.label}: {where} ({self.origin}{'; ' + self.check if self.check else ''})"
+def resolve_paths(backbone=None, heads=None, image_bank=None, patch_bank=None, *, files=None) -> dict:
+    return _resolve.resolve_paths(backbone, heads, image_bank, patch_bank,
+                                  files=files if files is not None else _options(None).files)
 
 
-@dataclass(frozen=True)
-class Resolution:
-    """Paths to load (kind -> path or None) and one status per artefact."""
-
-    source: str
-    paths: dict
-    statuses: tuple = field(default_factory=tuple)
-
-    @property
-    def missing(self) -> list:
-        return [s for s in self.statuses if not s.ok]
-
-    @property
-    def variants(self) -> tuple:
-        """Variants these files allow (MRAD-CLIP also needs heads with the prompt parts, known only on load)."""
-        return tuple(v for v, kinds in NEEDS.items() if all(self.paths.get(k) for k in kinds))
-
-    def report(self) -> str:
-        """One line per artefact, for the app and the CLI."""
-        return "\n".join(s.line() for s in self.statuses)
+def resolve_artefacts(*args, options=None, **kw):
+    return _resolve.resolve_artefacts(*args, options=_options(options), **kw)
 
 
-def _label(kind, source):
-    from .registry import BACKBONE, REGISTRY
-    return BACKBONE.label if kind == "backbone" else REGISTRY[kind, source].label
+def load_detector(*args, options=None, **kw):
+    return _resolve.load_detector(*args, options=_options(options), **kw)
 
 
-def resolve_artefacts(backbone=None, heads=None, image_bank=None, patch_bank=None, *, model=None, source=None,
-                      repo_id=None, revision=None, download: bool = True, require=(), roots=None,
-                      strict_backbone: bool = True) -> Resolution:
-    """Find every file (downloading when allowed). `require`: variants that must be possible; a missing file
-    they need raises its HubError, as does a missing backbone unless strict_backbone=False. Missing optional
-    files are only reported. `roots`: project directories (default hub.project_dirs()). Raises MRADError."""
-    from . import hub, registry
-
-    source = registry.check_source(source)
-    bad = [v for v in require if v not in NEEDS]
-    if bad:
-        raise MRADError(f"unknown variant {bad[0]!r}; choose from {', '.join(NEEDS)}")
-    needed = {k for v in require for k in NEEDS[v]}
-    given = {"backbone": backbone, "heads": heads, "image_bank": image_bank, "patch_bank": patch_bank}
-    paths, statuses = {}, []
-    for kind, value in given.items():
-        env = os.environ.get(ENV[kind])
-        if value or env:
-            paths[kind] = str(value or env)
-            statuses.append(ArtefactStatus(kind, _label(kind, source), paths[kind],
-                                           "explicit" if value else "environment", "as given"))
-
-    if "backbone" not in paths:
-        label = _label("backbone", source)
-        try:
-            path = hub.backbone_weights(model or DEFAULT.model_name, DEFAULT.pretrained, allow_download=download)
-        except hub.HubError as e:
-            if strict_backbone:
-                raise
-            path, statuses = None, statuses + [ArtefactStatus("backbone", label, None, "missing", error=str(e))]
-        else:
-            statuses.append(ArtefactStatus("backbone", label, path, "open_clip", "its Hub file" if path else ""))
-        paths["backbone"] = path
-
-    offline_reason = None  # once the Hub is unreachable, do not wait for it again for every file
-    for kind, art in registry.artefacts(source, repo_id, revision).items():
-        if kind in paths:
-            continue
-        try:
-            found = hub.resolve(art, roots, allow_download=download and offline_reason is None,
-                                no_download_reason=offline_reason or hub.NO_DOWNLOAD)
-        except hub.HubError as e:
-            if kind in needed:
-                raise
-            offline_reason = offline_reason or hub.unreachable(e)
-            paths[kind] = None
-            statuses.append(ArtefactStatus(kind, art.label, None, "missing", error=str(e)))
-            continue
-        paths[kind] = found.path
-        statuses.append(ArtefactStatus(kind, art.label, found.path, found.origin, found.check))
-
-    if bool(paths["image_bank"]) != bool(paths["patch_bank"]):  # a bank alone is of no use: report, do not load
-        lone = "image_bank" if paths["image_bank"] else "patch_bank"
-        paths[lone] = None
-        statuses = [replace(s, path=None, origin="missing", error="not used: the other memory bank is missing")
-                    if s.kind == lone else s for s in statuses]
-    order = list(given)
-    return Resolution(source, paths, tuple(sorted(statuses, key=lambda s: order.index(s.kind))))
-
-
-def load_detector(backbone=None, heads=None, image_bank=None, patch_bank=None, model=None, device=None,
-                  precision="fp32", batch_size=8, *, source=None, repo_id=None, revision=None,
-                  download: bool = True, require=(), resolution: Resolution | None = None, engine=None):
-    """Build a Detector from paths, the environment, the project, the HF cache or the Hub (in that order).
-    The Resolution used is kept as `detector.delivery` (its `.report()` and `.missing` say what is absent).
-    engine: "torch" | "openvino" | None (see Detector). Raises MRADError subclasses with readable messages."""
-    from .detector import Detector
-
-    if resolution is None:
-        resolution = resolve_artefacts(backbone, heads, image_bank, patch_bank, model=model, source=source,
-                                       repo_id=repo_id, revision=revision, download=download, require=require)
-    config = replace(DEFAULT, model_name=model or DEFAULT.model_name)
-    detector = Detector.from_files(**resolution.paths, config=config, device=device, precision=precision,
-                                   batch_size=batch_size, engine=engine)
-    detector.delivery = resolution
-    return detector
-
-
-def delivery_status(source=None, repo_id=None, revision=None, model=None, roots=None) -> Resolution:
-    """What is available locally right now, without downloading anything (for the app's status panel)."""
-    return resolve_artefacts(model=model, source=source, repo_id=repo_id, revision=revision, download=False,
-                             roots=roots, strict_backbone=False)
+def delivery_status(*args, options=None, **kw):
+    return _resolve.delivery_status(*args, options=_options(options), **kw)

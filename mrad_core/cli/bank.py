@@ -120,8 +120,9 @@ def _defects(specs):
 
 
 def run_add(args):
+    from ..artefacts.resolve import resolve_paths
     from ..detector import Detector
-    from ..loading import resolve_paths
+    from ..settings import settings_of
 
     if not args.normal and not args.defect:
         raise MRADError("nothing to add: give --normal IMG ... and/or --defect IMG:MASK ...")
@@ -138,10 +139,11 @@ def run_add(args):
     if taken:
         raise MRADError(f"image id(s) {', '.join(taken[:5])} given twice or already in the bank (ids are the paths "
                         "as given; `mrad bank remove` takes the old entry out first)")
-    backbone = resolve_paths(backbone=args.backbone)["backbone"]
+    settings = settings_of(args)
+    backbone = resolve_paths(backbone=args.backbone, files=settings.files)["backbone"]
     if backbone is None:
-        from ..hub import backbone_weights
-        backbone = backbone_weights(config.model_name, config.pretrained)
+        from ..artefacts.hub import backbone_weights
+        backbone = backbone_weights(config.model_name, config.pretrained, cache_dir=settings.cache_dir)
     detector = Detector.from_files(backbone, config=config, device=args.device, precision=args.precision,
                                    batch_size=args.batch_size)
     if image_bank is not None:

@@ -15,7 +15,8 @@ from ..config import DEFAULT
 from ..datasets import DATASETS, dataset_name, read_dataset
 from ..distributed import setup, teardown
 from ..errors import MRADError
-from ..loading import resolve_paths
+from ..artefacts.resolve import resolve_paths
+from ..settings import settings_of
 from .common import add_model_args, engine_from_args
 
 COMMAND = "build-bank"
@@ -55,11 +56,12 @@ def run(args):
         raise MRADError("--batch-size and --checkpoint-every must be >= 1, --workers >= 0")
     name = dataset_name(args.dataset)
     records = read_dataset(name, args.data_path, args.split)
-    backbone = given = resolve_paths(backbone=args.backbone)["backbone"]
+    settings = settings_of(args)
+    backbone = given = resolve_paths(backbone=args.backbone, files=settings.files)["backbone"]
     if backbone is None:  # open_clip's pretrained weights, as a local file (Hugging Face cache or download)
-        from ..hub import backbone_weights
-        backbone = backbone_weights(args.model or DEFAULT.model_name, DEFAULT.pretrained)
-    shard, device = setup(args.device)
+        from ..artefacts.hub import backbone_weights
+        backbone = backbone_weights(args.model or DEFAULT.model_name, DEFAULT.pretrained, cache_dir=settings.cache_dir)
+    shard, device = setup(args.device, settings.dist_timeout_hours)
     ok = False
     try:
         config = replace(DEFAULT, model_name=args.model or DEFAULT.model_name)

@@ -77,7 +77,8 @@ def run(args):
     from ..config import DEFAULT
     from ..datasets import dataset_name, read_dataset, record_id
     from ..detector import Detector
-    from ..loading import resolve_paths
+    from ..artefacts.resolve import resolve_paths
+    from ..settings import settings_of
     from ..train import TrainConfig, TrainLog, encode_dataset, train
 
     cfg = TrainConfig(variant=args.variant, ft_epochs=args.ft_epochs, clip_epochs=args.clip_epochs, lr=args.lr,
@@ -89,7 +90,7 @@ def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = TrainLog(out / "train.log")
-    backbone_path = resolve_paths(backbone=args.backbone)["backbone"]
+    backbone_path = resolve_paths(backbone=args.backbone, files=settings_of(args).files)["backbone"]
     config = replace(DEFAULT, model_name=args.model or DEFAULT.model_name)
     detector = Detector(Backbone.load(backbone_path, config), device=args.device, precision=args.precision,
                         batch_size=args.batch_size)
