@@ -25,6 +25,7 @@ import numpy as np
 
 from . import runtime, viz
 from .artefacts.digest import file_sha256
+from .artefacts.resolve import backbone_file
 from .backbone import Backbone
 from .calibration import Calibrator
 from .catalogue import SOURCE_LABELS, Catalogue, build_banks
@@ -101,9 +102,8 @@ class Service:
         """Why the backbone cannot load right now without a download, or None when it is here. Loads nothing."""
         if self._backbone is not None or self.settings.files.get("backbone"):
             return None
-        from . import hub
         try:
-            hub.backbone_weights(self.settings.model, self.config.pretrained, allow_download=False)
+            backbone_file(None, self.settings.model, self.settings.artefacts, allow_download=False)
         except MRADError as e:
             return str(e)
         return None
@@ -115,10 +115,9 @@ class Service:
                 path = self.settings.files.get("backbone")
                 try:
                     if not path:
-                        from . import hub
                         self.set_status("locating / downloading the CLIP backbone (first use, about 1.7 GB) …")
-                        path = hub.backbone_weights(self.settings.model, self.config.pretrained,
-                                                    allow_download=self.settings.download)
+                        path = backbone_file(None, self.settings.model, self.settings.artefacts,
+                                             allow_download=self.settings.download)
                     self.set_status(f"loading the CLIP backbone {Path(path).name if path else self.settings.model} …")
                     self._backbone = Backbone.load(path, self.config)
                 except MRADError as e:  # its message already says what is missing and how to provide it

@@ -79,7 +79,7 @@ class PaperSource(Source):
 
     def delivery(self):
         """What is available right now, without downloading (artefacts.resolve.Resolution)."""
-        return delivery_status(self.settings, source=self.key)
+        return delivery_status(source=self.key, model=self.settings.model, options=self.settings.artefacts)
 
     def facts(self) -> SourceFacts:
         lines, missing = [], False
@@ -103,16 +103,16 @@ class PaperSource(Source):
         return availability(True, "unknown" if paths.get("heads") else "none")
 
     def parts(self, build_examples=None) -> tuple:
-        res = resolve_artefacts(self.settings, source=self.key, download=self.settings.download, require=("tf",),
-                                strict_backbone=False)
+        res = resolve_artefacts(model=self.settings.model, source=self.key, download=self.settings.download,
+                                require=("tf",), strict_backbone=False, options=self.settings.artefacts)
         heads = Heads.load(res.paths["heads"]) if res.paths.get("heads") else None
         return (heads, MemoryBank.load(res.paths["image_bank"], "image"),
                 MemoryBank.load(res.paths["patch_bank"], "patch"))
 
     def heads(self):
         """This source's heads (for a bank taught from it), or None when they cannot be had."""
-        res = resolve_artefacts(self.settings, source=self.key, download=self.settings.download,
-                                strict_backbone=False)
+        res = resolve_artefacts(model=self.settings.model, source=self.key, download=self.settings.download,
+                                strict_backbone=False, options=self.settings.artefacts)
         return Heads.load(res.paths["heads"]) if res.paths.get("heads") else None
 
 

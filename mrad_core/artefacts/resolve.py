@@ -13,6 +13,7 @@ unless a variant that needs them is required; the backbone is always required.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ..config import DEFAULT
 from ..errors import MRADError
@@ -70,7 +71,10 @@ class Resolution:
     @property
     def variants(self) -> tuple:
         """Variants these files allow (MRAD-CLIP also needs heads with the prompt parts, known only on load)."""
-        return tuple(v for v, kinds in NEEDS.items() if all(self.paths.get(k) for k in kinds))
+        from ..detector import availability
+        banks = bool(self.paths.get("image_bank") and self.paths.get("patch_bank"))
+        return tuple(v for v, why in availability(banks, "unknown" if self.paths.get("heads") else "none").items()
+                     if why is None)
 
     def report(self) -> str:
         """One line per artefact, for the app and the CLI."""
@@ -156,23 +160,57 @@ def resolve_artefacts(backbone=None, heads=None, image_bank=None, patch_bank=Non
     return Resolution(source, paths, tuple(sorted(statuses, key=lambda s: order.index(s.kind))))
 
 
+def backbone_file(explicit=None, model=None, options: ArtefactOptions | None = None, allow_download: bool = True):
+    """The backbone's weights file: an explicit path > the environment's (MRAD_BACKBONE in options.files) >
+    open_clip's pretrained file for the model (the Hugging Face cache, downloaded when allowed). None when
+    open_clip has no Hub entry for the model (a custom config: open_clip decides)."""
+    from . import hub
+
+    options = options or ArtefactOptions()
+    given = explicit or options.files.get("backbone")
+    if given:
+        return str(given)
+    return hub.backbone_weights(model or DEFAULT.model_name, DEFAULT.pretrained, allow_download=allow_download,
+                                cache_dir=options.cache_dir)
+
+
 def load_detector(backbone=None, heads=None, image_bank=None, patch_bank=None, model=None, device=None,
-                  precision="fp32", batch_size=8, *, source=None, repo_id=None, revision=None,
+                  precision=None, batch_size=8, *, source=None, repo_id=None, revision=None,
                   download: bool = True, require=(), resolution: Resolution | None = None, engine=None,
-                  options: ArtefactOptions | None = None):
+                  runtime=None, options: ArtefactOptions | None = None, with_banks: bool = True, progress=None):
     """Build a Detector from paths, the environment's paths, the project, the HF cache or the Hub (in that order;
     `options`: the settings, None = the defaults). The Resolution used is kept as `detector.delivery` (its
-    `.report()` and `.missing` say what is absent). engine: "torch" | "openvino" | None (see Detector).
-    Raises MRADError subclasses with readable messages."""
+    `.report()` and `.missing` say what is absent). `runtime`: the caller's decision (mrad_core.runtime.resolve
+    for its entry point); None = the library's: runtime.resolve("library", device, engine, precision), i.e.
+    PyTorch fp32 unless asked. with_banks=False: the backbone only (an encoder, for building banks and training).
+    progress(text) hears about a one-time engine conversion. Raises MRADError subclasses with readable messages."""
+    from .. import runtime as runtimes
+    from ..backbone import Backbone
+    from ..bank import MemoryBank
     from ..detector import Detector
+    from ..heads import Heads
+    from .digest import file_sha256
 
-    if resolution is None:
+    options = options or ArtefactOptions()
+    rt = runtime or runtimes.resolve("library", device, engine, precision)
+    if not with_banks:
+        path = backbone_file(backbone, model, options, allow_download=download)
+        resolution = Resolution("", {"backbone": path, "heads": None, "image_bank": None, "patch_bank": None})
+    elif resolution is None:
         resolution = resolve_artefacts(backbone, heads, image_bank, patch_bank, model=model, source=source,
                                        repo_id=repo_id, revision=revision, download=download, require=require,
                                        options=options)
+    paths = resolution.paths
     config = replace(DEFAULT, model_name=model or DEFAULT.model_name)
-    detector = Detector.from_files(**resolution.paths, config=config, device=device, precision=precision,
-                                   batch_size=batch_size, engine=engine)
+    net = Backbone.load(paths["backbone"], config)
+    weights = paths["backbone"]
+    digest = file_sha256(weights, options.cache_dir) if weights and Path(weights).is_file() and \
+        rt.engine != "torch" else None
+    encoder = runtimes.make_encoder(rt, net, cache_dir=options.cache_dir, weights_digest=digest, progress=progress)
+    detector = Detector(net, Heads.load(paths["heads"]) if paths.get("heads") else None,
+                        MemoryBank.load(paths["image_bank"], "image") if paths.get("image_bank") else None,
+                        MemoryBank.load(paths["patch_bank"], "patch") if paths.get("patch_bank") else None,
+                        device=rt.device, precision=rt.precision, batch_size=batch_size, engine=encoder)
     detector.delivery = resolution
     return detector
 

@@ -6,6 +6,7 @@ once by `mrad_core.cli.main` into `args.settings`.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 from .. import runtime
@@ -13,6 +14,7 @@ from ..artefacts.registry import DEFAULT_REPO, DEFAULT_REPO_PUBLISHED, DEFAULT_R
     source_for_dataset
 from ..config import DEFAULT, VARIANTS
 from ..engines import ENGINES
+from ..settings import settings_of
 
 FILE_OPTIONS = {  # option -> (environment variable, help)
     "backbone": ("MRAD_BACKBONE", "CLIP ViT-L/14@336 state dict (.safetensors, or a torch file); default: open_clip's "
@@ -55,15 +57,6 @@ def add_model_args(parser, engine=True):
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
 
 
-def settings_of(args):
-    """The Settings `mrad_core.cli.main` read once (a command run without main reads them here)."""
-    settings = getattr(args, "settings", None)
-    if settings is None:
-        from ..settings import Settings
-        settings = args.settings = Settings.from_env()
-    return settings
-
-
 def model_of(args) -> str:
     """--model > $MRAD_MODEL > the paper's ViT-L/14@336 (QuickGELU)."""
     return getattr(args, "model", None) or settings_of(args).model
@@ -94,15 +87,20 @@ def detector_from_args(args, openvino_default=None, device=None):
     source = getattr(args, "source", None)
     if source is None and getattr(args, "dataset", None) and not settings.training_source:
         source = source_for_dataset(args.dataset)  # the paper's pairing: MVTec -> VisA files, VisA -> MVTec files
-    return load_detector(settings, args.backbone, args.heads, args.image_bank, args.patch_bank, model=model_of(args),
+    return load_detector(args.backbone, args.heads, args.image_bank, args.patch_bank, model=model_of(args),
                          runtime=runtime_from_args(args, device), batch_size=args.batch_size, source=source,
                          repo_id=getattr(args, "hub_repo", None), revision=getattr(args, "hub_revision", None),
-                         require=require)
+                         require=require, options=settings.artefacts, progress=_say)
 
 
 def encoder_from_args(args, backbone_path, device=None):
     """A Detector without banks (encodes only) for bank building and training, on this command's runtime."""
     from ..artefacts.resolve import load_detector
 
-    return load_detector(settings_of(args), backbone_path, model=model_of(args), runtime=runtime_from_args(args, device),
-                         batch_size=args.batch_size, require=(), with_banks=False)
+    return load_detector(backbone_path, model=model_of(args), runtime=runtime_from_args(args, device),
+                         batch_size=args.batch_size, options=settings_of(args).artefacts, with_banks=False,
+                         progress=_say)
+
+
+def _say(text):
+    print(f"mrad: {text} …", file=sys.stderr, flush=True)
