@@ -376,7 +376,7 @@ def score_archive(detector, items, variants, out, *, identity: dict, shard: Shar
     dataset = ImageDataset(items, detector.config.image_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=[m for m in mine if m], num_workers=workers,
                                          collate_fn=_collate, persistent_workers=False)
-    ok = False
+    ok, it = False, None
     try:
         it = iter(loader)
         for indices in mine:
