@@ -236,3 +236,18 @@ def test_peak_memory_is_flat_in_the_number_of_images(tmp_path, tiny_files):
         peaks[n] = result["peak_kb"]
     assert len(archive.read_csv(tmp_path / "out20000" / "scores.csv")) == 20_000
     assert peaks[20_000] <= 1.10 * peaks[200], peaks
+
+
+def test_profile_fills_the_anomalous_column(archive_dir, tiny_detector, tiny_files, model_args, tmp_path):
+    from mrad_core.profile import Profile, calibrate
+    profile = calibrate(tiny_detector, tiny_files["images"], rate=0.5, name="p").save(tmp_path / "p.json")
+    out = tmp_path / "out"
+    assert main(["predict", str(archive_dir), "--out", str(out), "--variant", "tf", "--profile", str(profile),
+                 "--workers", "0", "--maps", "none", *model_args]) == 0
+    threshold = Profile.load(profile).variant("tf").image_threshold
+    rows = archive.read_csv(out / "scores.csv")
+    for r in rows:
+        want = "" if r["error"] else ("true" if float(r["score"]) >= threshold else "false")
+        assert r["anomalous"] == want, r
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["a/001.png"]["tf"]["anomalous"] == (rows[0]["anomalous"] == "true")
