@@ -198,18 +198,27 @@ def parts(out) -> list[Path]:
     return sorted(folder.glob("part-*.sqlite")) if folder.is_dir() else []
 
 
+def _query(path: Path, sql: str) -> list:
+    """Rows of `sql` on one part; [] when its table does not exist yet (a part killed while being created).
+    An unreadable part is an MRADError naming it (never silently scored again)."""
+    con = sqlite3.connect(str(path), timeout=60)  # read-write: recovers the WAL of a killed writer
+    try:
+        return con.execute(sql).fetchall()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return []
+        raise MRADError(f"{path}: cannot read this part of the store ({e}); --overwrite starts afresh")
+    except sqlite3.DatabaseError as e:
+        raise MRADError(f"{path}: cannot read this part of the store ({e}); --overwrite starts afresh")
+    finally:
+        con.close()
+
+
 def stored_identities(out) -> list[tuple[Path, dict]]:
     found = []
     for p in parts(out):
-        con = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60)
-        try:
-            row = con.execute("SELECT value FROM run WHERE key = 'identity'").fetchone()
-        except sqlite3.DatabaseError:
-            row = None
-        finally:
-            con.close()
-        if row is not None:
-            found.append((p, json.loads(row[0])))
+        for (value,) in _query(p, "SELECT value FROM run WHERE key = 'identity'"):
+            found.append((p, json.loads(value)))
     return found
 
 
@@ -233,16 +242,7 @@ def check_identity(out, identity: dict):
 
 def done_keys(out) -> set:
     """Keys of the images committed in any part of the store."""
-    keys = set()
-    for p in parts(out):
-        con = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60)
-        try:
-            keys.update(k for (k,) in con.execute("SELECT DISTINCT image FROM rows"))
-        except sqlite3.DatabaseError:
-            pass
-        finally:
-            con.close()
-    return keys
+    return {k for p in parts(out) for (k,) in _query(p, "SELECT DISTINCT image FROM rows")}
 
 
 class Store:
@@ -274,7 +274,7 @@ class Store:
 
 def stored_rows(out):
     """Every stored row, merged over the parts in (image key, variant position) order, each (image, variant) once."""
-    cons = [sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60) for p in parts(out)]
+    cons = [sqlite3.connect(str(p), timeout=60) for p in parts(out)]
     try:
         cursors = [c.execute("SELECT image, vpos, variant, score, image_prob, map_top, anomalous, error FROM rows "
                              "ORDER BY image, vpos") for c in cons]

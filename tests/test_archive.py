@@ -139,7 +139,7 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
-def test_kill9_then_the_same_command_finishes_every_image_once(tmp_path, model_args):
+def test_kill9_then_the_same_command_finishes_every_image_once(tmp_path, model_args, capsys):
     src = tmp_path / "src"
     for i in range(10):
         _image(src / f"{i % 3}" / f"{i:03d}.png", 100 + i)
@@ -161,7 +161,9 @@ def test_kill9_then_the_same_command_finishes_every_image_once(tmp_path, model_a
     con = sqlite3.connect(out / "store" / "part-0.sqlite")
     assert con.execute("SELECT count(*) FROM rows").fetchone()[0] == 3  # the committed batch, not the torn one
     con.close()
+    capsys.readouterr()
     assert main([*args, "--out", str(out), "--workers", "0"]) == 0
+    assert "3 already scored before" in capsys.readouterr().out  # the committed batch was not scored again
     whole, resumed = archive.read_csv(tmp_path / "whole" / "scores.csv"), archive.read_csv(out / "scores.csv")
     assert len({r["image"] for r in resumed}) == len(resumed) == n  # each image once
     assert [(r["image"], r["error"]) for r in resumed] == [(r["image"], r["error"]) for r in whole]
