@@ -144,3 +144,23 @@ def run_rounds(dataset, my_rounds: list[list[int]], produce, spec: dict, shard: 
                 raise error
             raise MRADError("another process of this distributed run failed; see its error message")
         yield gather_rows(local, spec, shard)
+
+
+def barrier(shard: Shard):
+    """Wait for every rank (no-op in one process)."""
+    if shard.distributed:
+        dist.barrier()
+
+
+def sum_ranks(values: list[int], shard: Shard) -> list[int]:
+    """Element-wise sum of every rank's list of integers, on every rank (one collective: e.g. [failed, done])."""
+    if not shard.distributed:
+        return [int(v) for v in values]
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=shard.comm_device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [int(x) for x in t.cpu()]
+
+
+def launched_world() -> int:
+    """How many processes torchrun started for this run (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

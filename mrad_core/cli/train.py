@@ -20,7 +20,8 @@ def add_parser(sub, name):
         description="Encode every image of the split once with the frozen CLIP, build the image and patch memory "
                     "banks from those encodings, then train: MRAD-FT = 1 epoch of image_proj + patch_proj (cosine "
                     "lr to 1e-6); MRAD-CLIP = 1 FT epoch, then 5 epochs of prompt_learner + prompt_proj. Writes "
-                    "OUT/heads_epoch{N}.safetensors after every epoch, OUT/heads.safetensors at the end, "
+                    "OUT/heads_epoch{N}.safetensors and OUT/checkpoint.safetensors (for --resume) after every epoch, "
+                    "OUT/heads.safetensors at the end, "
                     "OUT/image_bank.safetensors + OUT/patch_bank.safetensors (the banks it trained with) and "
                     "OUT/train.log. As in the paper, train on one dataset's test split (e.g. VisA) and test on "
                     "the others. --batch-size is both the training batch (8 in the reference) and the encoding "
@@ -41,6 +42,10 @@ def add_parser(sub, name):
     p.add_argument("--official", action="store_true",
                    help="also write the official checkpoint layout (mrad_{variant}_epoch_N.pth, "
                         "mrad_{variant}_final.pth)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.safetensors (the whole training state at the end of the last "
+                        "finished epoch, written atomically) with the same options: the losses are those of an "
+                        "uninterrupted run; without a checkpoint yet, start from the first epoch")
     p.add_argument("--workers", type=int, default=2, help="image loading processes (default: %(default)s)")
     p.add_argument("--features", metavar="DIR", default=None,
                    help="where to keep the per-image encodings (default: OUT/features; ~10 MB per image)")
@@ -111,7 +116,8 @@ def run(args):
     image_bank.save(out / "image_bank.safetensors")
     patch_bank.save(out / "patch_bank.safetensors")
     meta = {"dataset": name, "split": args.split, "images": len(store), "init": str(args.init or args.heads or "fresh")}
-    train(heads, detector.backbone, store, image_bank, patch_bank, cfg, out, device=detector.device, meta=meta)
+    train(heads, detector.backbone, store, image_bank, patch_bank, cfg, out, device=detector.device, meta=meta,
+          resume=args.resume)
     if not args.keep_features:
         shutil.rmtree(features, ignore_errors=True)
     print(f"done in {time.time() - t0:.0f} s: heads {out / 'heads.safetensors'}, banks of the training set "
