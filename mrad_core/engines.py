@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import files, memory
-from .backbone import TORCH_AUTOCAST, Backbone, Encoding, TorchEncoder, encoding_from_tokens
+from .backbone import Backbone, Encoding, TorchEncoder, encoding_from_tokens
 from .errors import MRADError
 
 ENGINES = ("torch", "openvino")

@@ -12,13 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-@contextmanager
 def safe_name(text, default: str = "x", limit: int | None = None) -> str:
     """A file-name-safe version of a name (letters, digits, '_', '.', '-'), at most `limit` characters."""
     safe = re.sub(r"[^\w.-]+", "_", str(text).strip())[:limit].strip("._")
     return safe or default
 
 
+@contextmanager
 def atomic(path):
     """Yield a temporary path beside `path`; it replaces `path` when the block ends without an error."""
     path = Path(path)

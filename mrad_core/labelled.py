@@ -17,7 +17,6 @@ archive, no labels, nothing usable, only good images, only defective images with
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import zipfile

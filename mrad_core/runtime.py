@@ -44,7 +44,8 @@ ENTRY_DEFAULTS = {
     "bank": EntryDefault("fp32", "torch"),
     "train": EntryDefault("fp32", "torch"),  # training needs PyTorch's autograd-capable forward
     "doctor": EntryDefault("fp32", "torch"),
-    "app": EntryDefault("auto", "exact-fastest"),  # fast within the accuracy bounds; the status line says which
+    "app": EntryDefault("auto", "torch"),  # auto: the fastest pair inside the accuracy bounds (engine included);
+    # MRAD_PRECISION=fp32 without MRAD_ENGINE: PyTorch, as ever
 }
 
 

@@ -63,7 +63,10 @@ class Service:
         self.settings = s = settings or Settings.from_env(**overrides)
         self.config = replace(DEFAULT, model_name=s.model)
         # the app's entry in runtime.ENTRY_DEFAULTS (auto: the fastest engine and precision inside the bounds)
-        self.runtime = runtime.resolve("app", s.device, s.engine, s.precision, visible_devices=s.visible_devices)
+        try:
+            self.runtime = runtime.resolve("app", s.device, s.engine, s.precision, visible_devices=s.visible_devices)
+        except MRADError as e:
+            raise MRADError(f"the app's MRAD_DEVICE / MRAD_ENGINE / MRAD_PRECISION: {e}") from None
         self.device, self.engine, self.precision = self.runtime.device, self.runtime.engine, self.runtime.precision
         self.workdir = Path(tempfile.mkdtemp(prefix="mrad-app-"))  # batch outputs, CSVs, custom banks
         weakref.finalize(self, shutil.rmtree, str(self.workdir), True)

@@ -30,8 +30,11 @@ class Settings:
     files: dict = field(default_factory=dict)  # backbone/heads/image_bank/patch_bank -> path [MRAD_BACKBONE, …]
     model: str = DEFAULT.model_name  # open_clip model name or config .json [MRAD_MODEL]
     device: str | None = None  # cpu | cuda | cuda:N; None = CUDA when available [MRAD_DEVICE]
-    precision: str = "auto"  # fp32 | bf16 | fp16 | bf16-mlp | auto [MRAD_PRECISION]
-    engine: str | None = None  # torch | openvino; None = torch, or with auto the fastest inside the bounds [MRAD_ENGINE]
+    # fp32 | bf16 | fp16 | bf16-mlp | auto; None = the entry point's default (runtime.ENTRY_DEFAULTS: the app auto,
+    # the CLI fp32) [MRAD_PRECISION, read by the app; the CLI takes --precision]
+    precision: str | None = None
+    engine: str | None = None  # torch | openvino; None = the entry point's default [MRAD_ENGINE]
+    visible_devices: str = ""  # a container's GPUs: a GPU that torch cannot use is then an error [NVIDIA_VISIBLE_DEVICES]
     batch_size: int = 8  # images per forward pass [MRAD_BATCH_SIZE]
     assets: Path = ASSETS  # example images and the built-in bank [MRAD_ASSETS]
     download: bool = True  # fetch missing files when first needed
@@ -52,6 +55,7 @@ class Settings:
     queue_size: int = 64  # waiting requests [MRAD_QUEUE_SIZE]
     max_batch: int = 500  # images per batch [MRAD_MAX_BATCH]
     max_bank_images: int = 200  # images per bank built in the app [MRAD_MAX_BANK_IMAGES]
+    max_frames: int = 2000  # sampled frames per monitored video [MRAD_MAX_FRAMES]
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused [MRAD_MAX_PIXELS]
     max_file_size: str = "200mb"  # uploads [MRAD_MAX_FILE_SIZE]
     zero_gpu: bool = False  # a ZeroGPU Space: model calls run in forked GPU workers [SPACES_ZERO_GPU]
@@ -71,8 +75,9 @@ class Settings:
             files={k: get(var) or None for k, var in FILE_ENV.items()},
             model=get("MRAD_MODEL") or DEFAULT.model_name,
             device=get("MRAD_DEVICE") or None,
-            precision=get("MRAD_PRECISION") or "auto",
+            precision=get("MRAD_PRECISION") or None,
             engine=get("MRAD_ENGINE") or None,
+            visible_devices=get("NVIDIA_VISIBLE_DEVICES") or "",
             batch_size=int(get("MRAD_BATCH_SIZE") or 8),
             assets=Path(get("MRAD_ASSETS") or ASSETS),
             hub_offline=get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"),
@@ -90,6 +95,7 @@ class Settings:
             queue_size=int(get("MRAD_QUEUE_SIZE") or 64),
             max_batch=int(get("MRAD_MAX_BATCH") or 500),
             max_bank_images=int(get("MRAD_MAX_BANK_IMAGES") or 200),
+            max_frames=int(get("MRAD_MAX_FRAMES") or 2000),
             max_pixels=int(get("MRAD_MAX_PIXELS") or DEFAULT_MAX_PIXELS),
             max_file_size=get("MRAD_MAX_FILE_SIZE") or "200mb",
             zero_gpu=bool(get("SPACES_ZERO_GPU")),

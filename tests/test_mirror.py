@@ -14,7 +14,7 @@ import huggingface_hub
 
 from drive_server import StandInDrive
 from hub_server import StandInHub
-from mrad_core import registry
+from mrad_core.artefacts import registry
 from mrad_core.cli import main
 from test_drive import ID, digests, official  # noqa: F401  (the fixture)
 from test_hub import OPTIONS, run_client

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from mrad_core import registry
+from mrad_core.artefacts import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE_HARDWARE = {"cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "l4x4", "l40sx1", "a10g-small",

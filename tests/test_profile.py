@@ -106,7 +106,7 @@ def test_cli_calibrate_then_predict_with_profile(tiny_files, normals, model_args
 
 
 def test_setup_identity_follows_the_banks(tiny_files):
-    from mrad_core.loading import load_detector
+    from mrad_core.artefacts.resolve import load_detector
     from mrad_core.profile import setup_identity
     f = tiny_files
     det = load_detector(f["backbone"], f["heads"], f["image_bank"], f["patch_bank"], model=f["model"], device="cpu")

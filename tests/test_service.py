@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mrad_core import MemoryBank, MRADError, batch, viz
@@ -45,7 +44,7 @@ def test_settings_are_read_once_from_the_environment(tiny_files):
     assert s.hub_offline and s.zero_gpu and s.uses_own_files
     over = Settings.from_env(env, files={"heads": "mine.pth"}, precision="fp32")
     assert over.files["heads"] == "mine.pth" and over.files["backbone"] == "b.safetensors" and over.precision == "fp32"
-    assert Settings.from_env({}).precision == "auto" and not Settings.from_env({}).uses_own_files
+    assert Settings.from_env({}).precision is None and not Settings.from_env({}).uses_own_files
     with pytest.raises(TypeError, match="unknown settings"):
         Settings.from_env({}, colour="red")
 

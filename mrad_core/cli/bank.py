@@ -120,9 +120,6 @@ def _defects(specs):
 
 
 def run_add(args):
-    from ..artefacts.resolve import resolve_paths
-    from ..detector import Detector
-    from ..settings import settings_of
 
     if not args.normal and not args.defect:
         raise MRADError("nothing to add: give --normal IMG ... and/or --defect IMG:MASK ...")
@@ -139,13 +136,8 @@ def run_add(args):
     if taken:
         raise MRADError(f"image id(s) {', '.join(taken[:5])} given twice or already in the bank (ids are the paths "
                         "as given; `mrad bank remove` takes the old entry out first)")
-    settings = settings_of(args)
-    backbone = resolve_paths(backbone=args.backbone, files=settings.files)["backbone"]
-    if backbone is None:
-        from ..artefacts.hub import backbone_weights
-        backbone = backbone_weights(config.model_name, config.pretrained, cache_dir=settings.cache_dir)
-    detector = Detector.from_files(backbone, config=config, device=args.device, precision=args.precision,
-                                   batch_size=args.batch_size)
+    from .common import encoder_from_args
+    detector = encoder_from_args(args, args.backbone)  # bank's row of runtime.ENTRY_DEFAULTS (PyTorch)
     if image_bank is not None:
         image_bank.check(detector.backbone.image_dim, "image bank")
         patch_bank.check(detector.backbone.patch_dim, "patch bank")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MRADError
-from .common import add_model_args
+from .common import add_model_args, encoder_from_args, model_of
 
 COMMAND = "train"
 
@@ -77,11 +77,9 @@ def _heads(args, backbone, variant):
 
 
 def run(args):
-    from ..backbone import Backbone
     from ..bank import MemoryBank
     from ..config import DEFAULT
     from ..datasets import dataset_name, read_dataset, record_id
-    from ..detector import Detector
     from ..artefacts.resolve import resolve_paths
     from ..settings import settings_of
     from ..train import TrainConfig, TrainLog, encode_dataset, train
@@ -96,9 +94,8 @@ def run(args):
     out.mkdir(parents=True, exist_ok=True)
     log = TrainLog(out / "train.log")
     backbone_path = resolve_paths(backbone=args.backbone, files=settings_of(args).files)["backbone"]
-    config = replace(DEFAULT, model_name=args.model or DEFAULT.model_name)
-    detector = Detector(Backbone.load(backbone_path, config), device=args.device, precision=args.precision,
-                        batch_size=args.batch_size)
+    config = replace(DEFAULT, model_name=model_of(args))
+    detector = encoder_from_args(args, backbone_path)  # train's row of runtime.ENTRY_DEFAULTS (PyTorch)
     heads = _heads(args, detector.backbone, args.variant)
     log(f"mrad train --variant {args.variant} --dataset {name} --data-path {args.data_path} ({args.split}: "
         f"{len(records)} images, {sum(r.anomaly for r in records)} anomalous) on {detector.device}")
