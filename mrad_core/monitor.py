@@ -208,9 +208,9 @@ class Monitor:
         frame}], "dropped_frames", "scored_frames"}, each list in time order."""
         with self._lock:
             order = {v: i for i, v in enumerate(VARIANTS)}
-            return {"anomalies": sorted((dict(a) for a in self.anomalies),
-                                        key=lambda a: (a["start_s"], order.get(a["variant"], 9))),
-                    "drift": sorted((dict(d) for d in self.drift), key=lambda d: (d["onset_s"], order.get(d["variant"], 9))),
+            by_time = lambda key: lambda a: (a[key], order.get(a["variant"], 9))  # noqa: E731
+            return {"anomalies": sorted((dict(a) for a in self.anomalies), key=by_time("start_s")),
+                    "drift": sorted((dict(d) for d in self.drift), key=by_time("onset_s")),
                     "dropped_frames": int(self.dropped_frames), "scored_frames": int(self.scored_frames)}
 
     def rows(self, records=None) -> list:
@@ -303,7 +303,8 @@ def timeline_figure(monitor: Monitor, records=None, title: str = "", width: floa
                 ax.axvspan(a["start_s"], a["end_s"] if a["end_s"] > a["start_s"] else a["start_s"] + 1e-3,
                            color="tab:red", alpha=0.15, lw=0)
         ax.plot(t, score, ".-", color=_colour(v, i), lw=0.8, ms=3, label="score")
-        ax.axhline(monitor.thresholds[v], color="tab:red", ls="--", lw=1, label=f"threshold {monitor.thresholds[v]:.3f}")
+        threshold = monitor.thresholds[v]
+        ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:.3f}")
         ax.plot(t, ewma, color="black", lw=1.2, label=f"EWMA (λ={monitor.rule.lam:g})")
         ax.plot(t, lower, color="0.4", ls=":", lw=1, label=f"limits (L={monitor.rule.L:g})")
         ax.plot(t, upper, color="0.4", ls=":", lw=1)
