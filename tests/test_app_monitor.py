@@ -117,7 +117,7 @@ def test_camera_scores_the_newest_frame(served):
     live = out[tab.live]
     assert live.stream.wait_scored(1, timeout=120)
     out = tab.camera_frame(frame, live, ["tf"], None, None, 0.5)
-    assert out[tab.live] is live and "MRAD-TF" in out[tab.live_text] and "dropped" in out[tab.live_text]
+    assert out[tab.live] is live and "MRAD-TF" in out[tab.live_text] and "1 frames scored" in out[tab.live_text]
     assert out[tab.live_view].shape[2] == 3 and len(out[tab.live_plot]) >= 1
     assert live.stream.wait_scored(2, timeout=120) and live.monitor.scored_frames == 2
     live.close()

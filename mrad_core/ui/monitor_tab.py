@@ -79,7 +79,7 @@ class LiveSession:
         if rec is None:
             return "waiting for the first scored frame …"
         parts = [f"**{records.name(v)}** {x['score']:.3f} · {x['state']}" for v, x in rec["variants"].items()]
-        return (" | ".join(parts) + f"  \n{self.fps():.1f} frames/s scored · {self.monitor.scored_frames} scored · "
+        return (" | ".join(parts) + f"  \n{self.monitor.scored_frames} frames scored · {self.fps():.1f} frames/s · "
                 f"{self.stream.dropped} dropped (newest frame wins)")
 
     def close(self):
@@ -98,11 +98,13 @@ def overlay_tiles(display, results: dict, record: dict) -> np.ndarray:
 
 
 def live_frame(live: LiveSession | None):
-    """The camera's rolling timeline as a long table for gr.LinePlot: t_s, value, series."""
+    """The camera's rolling timeline as a long table for gr.LinePlot: t_s, value, series (per variant the score, and
+    after the baseline its EWMA and limits; the image threshold)."""
     import pandas as pd
     rows = []
     if live is not None:
         for r in list(live.monitor.records):
+            rows.append((r["t_s"], live.monitor.thresholds[live.variants[0]], "threshold"))
             for v, x in r["variants"].items():
                 rows.append((r["t_s"], x["score"], f"{records.name(v)} score"))
                 if x["ewma"] is not None:
