@@ -131,3 +131,17 @@ def test_camera_on_zerogpu_says_it_needs_a_dedicated_gpu(served, monkeypatch):
     monkeypatch.setattr(page, "settings", dataclasses.replace(page.settings, zero_gpu=True))
     with pytest.raises(gr.Error, match="needs a dedicated GPU"):
         page.monitor.camera_frame(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_a_failure_while_scoring_leaves_no_work_folder(served, video, monkeypatch):
+    from mrad_core.errors import MRADError
+    service, _, page = served
+    before = set(service.workdir.iterdir())
+
+    def broken(*a, **k):
+        raise MRADError("the GPU call failed")
+
+    monkeypatch.setattr(page, "gpu_chunk", broken)
+    with pytest.raises(MRADError, match="the GPU call failed"):
+        page.monitor.scored(str(video), None, 0, ["tf"])
+    assert set(service.workdir.iterdir()) == before

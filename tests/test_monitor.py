@@ -382,3 +382,12 @@ def test_measure_and_monitor_from_a_detector(tiny_detector):
                                                                                                       "anomaly")
     assert 0 <= x["defect_area_percent"] <= 100
     assert x["defect_area_percent"] == pytest.approx(100 * float(np.mean(results["clip"].map[0] >= 0.5)))
+
+
+def test_4k_video_decodes_at_full_size(tmp_path):
+    """A 3840x2160 video is accepted (under the pixel limit) and decoded at full size; the model input is resized
+    as `mrad predict` resizes a 4K image."""
+    big = cv2.resize(line_frames()[0], (3840, 2160), interpolation=cv2.INTER_NEAREST)
+    src = open_source(write_video(tmp_path / "uhd.avi", [big, big]))
+    assert (src.info.width, src.info.height) == (3840, 2160)
+    assert [f.image.shape for f in src] == [(2160, 3840, 3)] * 2

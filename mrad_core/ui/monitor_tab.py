@@ -8,6 +8,7 @@ page's `gpu_chunk` (batch.score_chunk through gpu_call), `variants`, `source`, `
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 import zipfile
@@ -211,6 +212,17 @@ class MonitorTab:
         service.tidy()
         out = Path(tempfile.mkdtemp(dir=service.workdir, prefix="monitor-"))
         (out / "previews").mkdir()
+        try:
+            measures, previews, run = self._score_chunks(src, out, profile, variants, threshold, rule, source,
+                                                         bank_id, progress)
+        except BaseException:  # nothing half-written stays behind
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        return {"measures": measures, "variants": list(run), "name": src.info.name, "dir": str(out),
+                "previews": previews, "info": src.info.describe()}
+
+    def _score_chunks(self, src, out, profile, variants, threshold, rule, source, bank_id, progress):
+        """The frames of `src` in chunks, each chunk one model call (page.gpu_chunk) -> (measures, previews, run)."""
         n, chunk, done = len(src), max(1, self.page.settings.batch_size), 0
         run, measures, previews, monitor = None, [], [], None
         frames = iter(src)
@@ -237,8 +249,7 @@ class MonitorTab:
                 cv2.imwrite(str(preview), cv2.cvtColor(tiles, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
                 previews.append(str(preview))
             done += len(batch)
-        return {"measures": measures, "variants": list(run), "name": src.info.name, "dir": str(out),
-                "previews": previews, "info": src.info.describe()}
+        return measures, previews, run
 
     @staticmethod
     def monitor_of(state, threshold, profile_file, baseline) -> Monitor:
