@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from mrad_core import archive  # noqa: E402
 from mrad_core.config import VARIANTS  # noqa: E402
-from mrad_core.detector import synchronize  # noqa: E402
+from mrad_core.runtime import synchronize  # noqa: E402
 
 BATCHES = (1, 4, 8)
 WORKERS = (1, 2)

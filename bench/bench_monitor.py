@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from mrad_core import engines  # noqa: E402
 from mrad_core.config import VARIANTS  # noqa: E402
-from mrad_core.detector import resolve_device, synchronize  # noqa: E402
+from mrad_core.runtime import resolve_device, synchronize  # noqa: E402
 from mrad_core.loading import load_detector  # noqa: E402
 from mrad_core.monitor import CsvWriter, DriftRule, Monitor, measure  # noqa: E402
 

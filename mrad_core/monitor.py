@@ -121,7 +121,7 @@ def measure(frame: int, t_s: float, results: dict, latency_ms: dict, profile=Non
 def score_frame(detector, image, variants) -> tuple:
     """One frame (H, W, 3) uint8 RGB or a (1, 3, S, S) pixel tensor: one encode, every variant scored ->
     ({variant: Result}, {variant: latency ms = the encode + that variant's scoring})."""
-    from .detector import synchronize
+    from .runtime import synchronize
     start = time.perf_counter()
     enc = detector.encode(image if hasattr(image, "dim") else [image])
     synchronize(detector.device)

@@ -76,9 +76,9 @@ def runtime_from_args(args, device=None) -> runtime.Runtime:
                            visible_devices=s.visible_devices)
 
 
-def detector_from_args(args, openvino_default=None, device=None):
-    """A Detector from the parsed options; files needed by the requested --variant (if any) must be found.
-    (openvino_default is accepted for older callers: the command's row in runtime.ENTRY_DEFAULTS decides.)"""
+def detector_from_args(args, device=None):
+    """A Detector from the parsed options, on this command's runtime (its row of runtime.ENTRY_DEFAULTS); files
+    needed by the requested --variant (if any) must be found."""
     from ..artefacts.resolve import load_detector
 
     settings = settings_of(args)

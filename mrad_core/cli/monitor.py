@@ -19,6 +19,7 @@ from ..errors import MRADError
 from ..monitor import CsvWriter, DriftRule, Monitor, measure, save_figure, score_frame, timeline_figure
 from ..profile import Profile, mismatches, setup_identity
 from ..records import name
+from ..settings import settings_of
 from ..video import DEFAULT_MAX_FRAMES, open_source
 from .common import add_model_args, detector_from_args
 
@@ -26,12 +27,6 @@ COMMAND = "monitor"
 OVERLAY_SIDE = 360  # longer side of each variant's tile in overlay.mp4
 STATE_COLOURS = {"anomaly": (230, 40, 40), "drift": (255, 150, 0), "collecting": (160, 160, 160),
                  "stable": (40, 190, 80)}
-
-
-def _max_frames_default() -> int:
-    """MRAD_MAX_FRAMES through Settings (adapter: Settings may not have max_frames yet)."""
-    from ..settings import Settings
-    return getattr(Settings.from_env(), "max_frames", DEFAULT_MAX_FRAMES)
 
 
 def add_parser(sub, name_):
@@ -76,7 +71,7 @@ def variants_of(choice) -> tuple:
 def run(args):
     variants = variants_of(args.variant)
     rule = DriftRule(args.ewma_lambda, args.ewma_l, args.baseline).check()
-    max_frames = args.max_frames if args.max_frames is not None else _max_frames_default()
+    max_frames = args.max_frames if args.max_frames is not None else settings_of(args).max_frames
     if max_frames < 1:
         raise MRADError(f"--max-frames must be at least 1, not {max_frames}")
     source = open_source(args.input, args.fps, args.every, max_frames)  # every refusal before the model loads
@@ -90,7 +85,7 @@ def run(args):
     threshold = 0.5 if args.image_threshold is None else args.image_threshold
     model_args = argparse.Namespace(**vars(args))
     model_args.variant = variants[0] if len(variants) == 1 else ("all" if variants == VARIANTS else None)
-    detector = detector_from_args(model_args, openvino_default=True)
+    detector = detector_from_args(model_args)
     for v in variants:
         detector.require(v)
     if profile is not None:

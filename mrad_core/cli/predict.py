@@ -23,6 +23,7 @@ from ..errors import MRADError
 from ..explain import bank_note, top_entries
 from ..images import load_image
 from ..profile import Profile, mismatches, setup_identity
+from ..settings import settings_of
 from .common import add_model_args, detector_from_args
 
 COMMAND = "predict"
@@ -89,7 +90,7 @@ def run_images(args):
     if args.explain < 0:
         raise MRADError(f"--explain takes the number of top entries (>= 1), not {args.explain}")
     profile = Profile.load(args.profile) if args.profile else None
-    detector = detector_from_args(args, openvino_default=True)
+    detector = detector_from_args(args)
     for v in variants:
         detector.require(v)
         if profile is not None:
@@ -144,10 +145,10 @@ def run_archive(args):
         raise MRADError("--explain works with image arguments only, not with folders, globs or lists")
     items = archive.expand(args.images)
     profile = Profile.load(args.profile) if args.profile else None
-    shard, args.device = setup(args.device)
+    shard, args.device = setup(args.device, settings_of(args).dist_timeout_hours)
     ok = False
     try:
-        detector = detector_from_args(args, openvino_default=True)
+        detector = detector_from_args(args)
         for v in variants:
             detector.require(v)
             if profile is not None:

@@ -25,7 +25,7 @@ from ..errors import MRADError
 from ..images import load_image, preprocess
 from ..monitor import DriftRule, Monitor, StreamScorer, measure, save_figure, timeline_figure, write_csv
 from ..profile import Profile
-from ..video import DEFAULT_MAX_FRAMES, open_source
+from ..video import open_source
 from ..zerogpu import user_errors
 
 PREVIEW_TILE = 224  # px per tile of a frame's preview (input + one overlay per variant)
@@ -121,7 +121,7 @@ class MonitorTab:
 
     @property
     def max_frames(self) -> int:
-        return getattr(self.page.settings, "max_frames", DEFAULT_MAX_FRAMES)  # Settings.max_frames [MRAD_MAX_FRAMES]
+        return self.page.settings.max_frames  # [MRAD_MAX_FRAMES]
 
     def build(self):
         with gr.Tabs():
