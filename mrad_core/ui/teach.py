@@ -101,10 +101,10 @@ class TeachPanel:
             self.top_k = gr.Slider(1, 10, 5, step=1, label="Top entries")
             self.map_variant = gr.Radio([(name(v), v) for v in VARIANTS], value=VARIANTS[0], label="Map to click")
         self.why_html = gr.HTML(elem_id="why-entries")
-        with gr.Row():
+        with gr.Row():  # side by side on a wide screen, one under the other on a phone (its table needs the width)
             self.map_image = gr.Image(label="Click a point of the map", interactive=False, type="numpy",
-                                      elem_id="why-map", height=320)
-            self.point_report = gr.Markdown(elem_id="why-point")
+                                      elem_id="why-map", height=320, min_width=320)
+            self.point_report = gr.Markdown(elem_id="why-point", min_width=320)
 
     # ------------------------------------------------------------------ events
     def wire(self):
