@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mrad_core.detector import torch_report
+from mrad_core.runtime import torch_report
 from mrad_core.settings import Settings
 from mrad_core.ui import create_app, launch_kwargs
 
@@ -34,5 +34,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     service = demo.mrad.service
-    log.info("%s; device %s, precision %s", torch_report(), service.device, service.precision)
+    log.info("%s; %s (%s)", torch_report(), service.runtime.describe(), service.runtime.why)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
