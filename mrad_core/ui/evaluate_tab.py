@@ -16,7 +16,7 @@ from ..config import VARIANTS
 from ..errors import MRADError
 from ..eval_report import evaluate_samples, report_json
 from ..labelled import MAX_IMAGES, read_labelled_list
-from ..zerogpu import user_errors
+from .gpu import user_errors
 
 INTRO = ("**How well does each variant separate good from bad on *your* parts?** Upload a ZIP with `good/` and "
          "`bad/` folders (optionally `masks/`, named after the bad images) or in the MVTec layout "

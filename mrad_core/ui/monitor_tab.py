@@ -26,7 +26,7 @@ from ..images import load_image, preprocess
 from ..monitor import DriftRule, Monitor, StreamScorer, measure, save_figure, timeline_figure, write_csv
 from ..profile import Profile
 from ..video import open_source
-from ..zerogpu import user_errors
+from .gpu import user_errors
 
 PREVIEW_TILE = 224  # px per tile of a frame's preview (input + one overlay per variant)
 THUMBNAILS = 60  # anomalous frames shown as thumbnails
