@@ -86,10 +86,8 @@ def run_batch(service, paths, variants=VARIANTS, source="env", bank_id=None, vie
     for start in range(0, n, chunk):
         if progress:
             progress(start / n, f"scoring images {start + 1}-{min(n, start + chunk)} of {n}")
-        each = None
-        if progress and per_image:
-            def each(done, total, start=start):
-                progress(min(start + done, n) / n, f"encoded image {min(start + done, n)} of {n}")
+        def each(done, total, start=start):
+            progress(min(start + done, n) / n, f"encoded image {min(start + done, n)} of {n}")
         loaded = []
         for e in entries[start:start + chunk]:
             try:
@@ -100,7 +98,7 @@ def run_batch(service, paths, variants=VARIANTS, source="env", bank_id=None, vie
             continue
         pixels = torch.stack([preprocess(li.image, size) for _, li in loaded])
         scored = score(pixels, variants, source, bank_id, calibrate=view.normalisation == "calibrated",
-                       calibrations=calibrations, **({"progress": each} if each else {}))
+                       calibrations=calibrations, **({"progress": each} if progress and per_image else {}))
         run, skipped = list(scored.results), scored.skipped
         for i, (e, li) in enumerate(loaded):
             row, tiles = _batch_item(out, e.name, li, {v: r[i] for v, r in scored.results.items()}, view,

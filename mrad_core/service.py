@@ -1,7 +1,7 @@
 """The model holder for servers (the Gradio app): settings, the lazy backbone, one Detector per source, status, and
 `analyze()` — one image encoded once and scored by each chosen variant.
 
-    service = Service()                                   # cheap: nothing is loaded yet (settings from the environment)
+    service = Service(Settings.from_env())                # cheap: nothing is loaded yet
     a = service.analyze("part.png", ["tf", "ft", "clip"], source="visa")
     a.outputs["ft"].score, a.outputs["ft"].map            # records.VariantOutput per variant
 
@@ -23,17 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import viz
+from . import runtime, viz
+from .artefacts.digest import file_sha256
+from .artefacts.resolve import backbone_file
 from .backbone import Backbone
 from .calibration import Calibrator
 from .catalogue import SOURCE_LABELS, Catalogue, build_banks
 from .config import DEFAULT, VARIANTS
-from . import engines
-from .detector import PRECISIONS, Detector, resolve_device, synchronize
+from .detector import Detector, check_variant
 from .errors import MRADError, first_line
 from .images import load_image, preprocess
 from .lru import LRU
 from .records import Analysis, VariantOutput, name
+from .runtime import synchronize
+from .scorer import Scorer
 from .settings import Settings
 
 log = logging.getLogger("mrad.service")
@@ -55,18 +58,16 @@ class Service:
     ("encode": images encoded, "score": variant runs), so tests can prove that re-renders run no model."""
 
     def __init__(self, settings: Settings | None = None, **overrides):
-        self.settings = settings or Settings.from_env(**overrides)
-        s = self.settings
+        """settings: the app's Settings (built once at start by the app factory); None = Settings.from_env(
+        **overrides), for scripts and tests."""
+        self.settings = s = settings or Settings.from_env(**overrides)
         self.config = replace(DEFAULT, model_name=s.model)
-        self.device = resolve_device(s.device)
-        if s.engine is not None:
-            engines.check_engine(s.engine)
-        if s.precision == "auto":  # the fastest engine and precision inside the accuracy bounds (bench/bench.py)
-            self.engine, self.precision = engines.resolve_auto(self.device, s.engine)
-        else:
-            self.engine, self.precision = s.engine or "torch", s.precision
-        if self.precision not in PRECISIONS:
-            raise MRADError(f"MRAD_PRECISION must be one of {', '.join(PRECISIONS)} or auto, not {s.precision!r}")
+        # the app's entry in runtime.ENTRY_DEFAULTS (auto: the fastest engine and precision inside the bounds)
+        try:
+            self.runtime = runtime.resolve("app", s.device, s.engine, s.precision, visible_devices=s.visible_devices)
+        except MRADError as e:
+            raise MRADError(f"the app's MRAD_DEVICE / MRAD_ENGINE / MRAD_PRECISION: {e}") from None
+        self.device, self.engine, self.precision = self.runtime.device, self.runtime.engine, self.runtime.precision
         self.workdir = Path(tempfile.mkdtemp(prefix="mrad-app-"))  # batch outputs, CSVs, custom banks
         weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
         self.catalogue = Catalogue(s, self.workdir)
@@ -83,8 +84,7 @@ class Service:
         since = getattr(self, "_since", None)
         busy = since is not None and not self._status.startswith(("ready", "idle"))
         elapsed = f" ({time.monotonic() - since:.0f} s so far)" if busy else ""
-        return (f"{self._status}{elapsed} · device {self.device.type.upper()} · engine {self.engine} · precision "
-                f"{self.precision}")
+        return f"{self._status}{elapsed} · {self.runtime.describe()}"
 
     def set_status(self, text: str):
         self._status, self._since = text, time.monotonic()
@@ -117,9 +117,8 @@ class Service:
         """Why the backbone cannot load right now without a download, or None when it is here. Loads nothing."""
         if self._backbone is not None or self.settings.files.get("backbone"):
             return None
-        from . import hub
         try:
-            hub.backbone_weights(self.settings.model, self.config.pretrained, allow_download=False)
+            backbone_file(None, self.settings.model, self.settings.artefacts, allow_download=False)
         except MRADError as e:
             return str(e)
         return None
@@ -131,10 +130,9 @@ class Service:
                 path = self.settings.files.get("backbone")
                 try:
                     if not path:
-                        from . import hub
                         self.set_status("locating / downloading the CLIP backbone (first use, about 1.7 GB) …")
-                        path = hub.backbone_weights(self.settings.model, self.config.pretrained,
-                                                    allow_download=self.settings.download)
+                        path = backbone_file(None, self.settings.model, self.settings.artefacts,
+                                             allow_download=self.settings.download)
                     self.set_status(f"loading the CLIP backbone {Path(path).name if path else self.settings.model} …")
                     self._backbone = Backbone.load(path, self.config)
                 except MRADError as e:  # its message already says what is missing and how to provide it
@@ -159,9 +157,7 @@ class Service:
                                 f"{self._encoder_stage()} …")
                 try:
                     heads, image_bank, patch_bank = self.catalogue.parts(source, bank_id, self._examples_bank)
-                    self._detectors[key] = Detector(backbone, heads, image_bank, patch_bank, device=self.device,
-                                                    precision=self.precision, batch_size=self.settings.batch_size,
-                                                    engine=self.engine)
+                    self._detectors[key] = self._detector(backbone, heads, image_bank, patch_bank)
                     custom = [k for k in self._detectors if k[0] == "custom"]
                     for old in custom[:-KEPT_CUSTOM_DETECTORS]:  # every taught edit is a bank: keep the recent ones
                         del self._detectors[old]
@@ -171,10 +167,23 @@ class Service:
             self._ready()
             return self._detectors[key]
 
+    def _detector(self, backbone, heads=None, image_bank=None, patch_bank=None) -> Detector:
+        """A Detector on the shared backbone with this service's engine (converted once per backbone file)."""
+        path = backbone.weights_path
+        digest = file_sha256(path, self.settings.cache_dir) if path and Path(path).is_file() else None
+        encoder = runtime.make_encoder(self.runtime, backbone, cache_dir=self.settings.cache_dir,
+                                       weights_digest=digest, progress=self.set_status)
+        return Detector(backbone, heads, image_bank, patch_bank, device=self.device, precision=self.precision,
+                        batch_size=self.settings.batch_size, engine=encoder)
+
     def encoder(self) -> Detector:
         """A Detector without banks: encodes only (bank building)."""
-        return Detector(self.backbone(), device=self.device, precision=self.precision, engine=self.engine,
-                        batch_size=self.settings.batch_size)
+        return self._detector(self.backbone())
+
+    def scorer(self, source: str, bank_id=None, call=None, per_image: bool = True) -> Scorer:
+        """The model seam of a source for batch, evaluate, teach and profile (see scorer.py); `call` is the page's
+        GPU-call proxy of batch.score_chunk, None = in this process."""
+        return Scorer(self, source, bank_id, call, per_image)
 
     def _examples_bank(self):
         images, masks, ids = self.catalogue.example_images()
@@ -215,12 +224,8 @@ class Service:
         if unknown or not variants:
             raise MRADError(f"choose at least one variant of {', '.join(name(v) for v in VARIANTS)}"
                             + (f" (unknown: {', '.join(map(str, unknown))})" if unknown else ""))
-        skipped = {}
-        for v in variants:
-            try:
-                det.require(v)
-            except MRADError as e:
-                skipped[v] = str(e)
+        available = det.availability()
+        skipped = {v: check_variant(v, available) for v in variants if check_variant(v, available)}
         run = [v for v in VARIANTS if v in variants and v not in skipped]
         if not run:
             raise MRADError("none of the chosen variants can run with this memory bank: " + "; ".join(skipped.values()))
@@ -280,7 +285,7 @@ class Service:
                                                        levels.get(v))
         finally:
             self._ready()
-        setup = {"device": self.device.type, "engine": self.engine, "precision": self.precision,
+        setup = {"device": self.device.type, "engine": det.engine.name, "precision": self.precision,
                  "model": Path(self.settings.model).name}
         return Analysis(loaded.name, loaded.notes, display, outputs, skipped, encode_ms, reused, source,
                         SOURCE_LABELS[source], setup)

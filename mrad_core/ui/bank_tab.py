@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..errors import MRADError
-from ..zerogpu import user_errors
+from .gpu import user_errors
 
 
 class BankTab:

@@ -7,7 +7,7 @@ import gradio as gr
 from .. import batch, records, viz
 from ..config import VARIANTS
 from ..errors import MRADError
-from ..zerogpu import user_errors
+from .gpu import user_errors
 
 
 class BatchTab:

@@ -12,7 +12,7 @@ from .. import batch, records, teaching, viz
 from ..config import VARIANTS
 from ..errors import MRADError
 from ..images import ImageError, load_image
-from ..zerogpu import user_errors
+from .gpu import user_errors
 from . import text
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "assets" / "examples").glob("*.png"))

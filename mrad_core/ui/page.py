@@ -2,8 +2,8 @@
 the tabs, and the model calls they make.
 
 Each tab is a class with `build()` (its components, inside the page's layout) and `wire()` (its events); handlers
-return {component: value}. Model calls go through `gpu_call` (ZeroGPU-ready: plain data in, plain data out, no model
-work outside a call).
+return {component: value}. Model calls go through gpu.py's `model_call` (ZeroGPU-ready: plain data in, plain data out,
+no model work outside a call; their durations in one table there).
 """
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import gradio as gr
 from .. import batch, progress, records
 from ..config import VARIANTS
 from ..service import Service
-from ..zerogpu import gpu_call
 from . import text
 from .bank_tab import BankTab
 from .batch_tab import BatchTab
 from .detect import DetectTab
 from .evaluate_tab import EvaluateTab
+from .gpu import model_call
 from .teach import TeachPanel
 
 
@@ -30,15 +30,11 @@ class Page:
         self.concurrency = self.settings.concurrency or (2 if service.device.type == "cuda" else 1)
         self.model_events = dict(concurrency_limit=self.concurrency, concurrency_id="model")
         # model calls: plain data in, plain data out (ZeroGPU workers); user errors arrive as messages
-        per_image, base = self.settings.gpu_seconds_per_image, self.settings.gpu_seconds_base
-        gpu = lambda duration: gpu_call(self.settings, duration)  # noqa: E731
-        self.gpu_analyze = gpu(lambda *a, calibrate=False, **k: base + per_image * (1 + 4 * calibrate))(
-            service.analyze)
-        self.gpu_calibrate = gpu(lambda *a, **k: base + 4 * per_image)(service.calibrate)
-        self.gpu_chunk = gpu(lambda pixels, *a, **k: base + per_image * len(pixels))(
-            lambda *a, **k: batch.score_chunk(service, *a, **k))
-        self.gpu_build_bank = gpu(lambda normal, defects=(), *a, **k: base + per_image * (len(normal) + len(defects)))(
-            service.build_bank)
+        call = lambda name: model_call(self.settings, name)  # noqa: E731
+        self.gpu_analyze = call("analyze")(service.analyze)
+        self.gpu_calibrate = call("calibrate")(service.calibrate)
+        self.gpu_chunk = call("score_chunk")(lambda *a, **k: batch.score_chunk(service, *a, **k))
+        self.gpu_build_bank = call("build_bank")(service.build_bank)
         self.detect, self.teach = DetectTab(self), TeachPanel(self)
         self.batch, self.bank, self.evaluate = BatchTab(self), BankTab(self), EvaluateTab(self)
         # (tab label, its parts in order): the teaching panel sits under the Detect results
