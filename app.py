@@ -1,26 +1,23 @@
 """MRAD Gradio app: compare MRAD-TF / FT / CLIP side by side on your images, explore with live sliders.
 
-A thin front end: the page is built in mrad_core/ui (one module per tab), the model is held by
-mrad_core.service.Service, settings come from the environment once (mrad_core/settings.py).
-`python app.py [--host H] [--port P] [--share]`. API endpoints: /predict, /predict_batch, /build_bank, /evaluate, /status.
+A thin front end: the page is built by mrad_core.ui.create_app (one module per tab), the model is held by
+mrad_core.service.Service, and this is the one place the settings are read from the environment
+(mrad_core/settings.py). `demo` stays at module level for Hugging Face Spaces (on a ZeroGPU Space the model is
+loaded before it is served). `python app.py [--host H] [--port P] [--share]`. API endpoints: /predict,
+/predict_batch, /build_bank, /evaluate, /status.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 
-from mrad_core.detector import torch_report
-from mrad_core.service import Service
+from mrad_core.runtime import torch_report
 from mrad_core.settings import Settings
-from mrad_core.ui import build_demo, launch_kwargs
+from mrad_core.ui import create_app, launch_kwargs
 
 log = logging.getLogger("mrad.app")
 
-SETTINGS = Settings.from_env()
-SERVICE = Service(SETTINGS)
-if SETTINGS.zero_gpu:  # every GPU worker forks from this process: the model must be in memory before
-    SERVICE.preload()
-demo = build_demo(SERVICE)
+demo = create_app(Settings.from_env())
 
 
 def launch_options(app_demo=demo) -> dict:
@@ -36,5 +33,6 @@ if __name__ == "__main__":
     parser.add_argument("--share", action="store_true", help="create a temporary public gradio.live link")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    log.info("%s; device %s, precision %s", torch_report(), SERVICE.device, SERVICE.precision)
+    service = demo.mrad.service
+    log.info("%s; %s (%s)", torch_report(), service.runtime.describe(), service.runtime.why)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from mrad_core import BankBuilder, autotune, engines, load_mask, quantize  # noqa: E402
 from mrad_core.config import VARIANTS  # noqa: E402
-from mrad_core.loading import load_detector  # noqa: E402
+from mrad_core.artefacts.resolve import load_detector  # noqa: E402
 
 QUERIES = ("query_good", "query_bad", "query_bad_small")
 BOUND_MAX_ABS, BOUND_CORR = 1e-2, 0.999

@@ -12,6 +12,7 @@ ln_post, proj) and only changes how they are wired:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, fields, replace
@@ -24,6 +25,10 @@ from torch import nn
 from . import memory
 from .config import DEFAULT, MRADConfig
 from .errors import MRADError, first_line
+
+
+# precision -> autocast dtype of the whole encoder; "bf16-mlp" runs only the MLPs in bf16 (Backbone._mlp)
+TORCH_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-mlp": None}
 
 
 class WeightsError(MRADError):
@@ -300,3 +305,44 @@ class Backbone(nn.Module):
         x = clip.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot] @ clip.text_projection
         return F.normalize(x.float(), dim=-1)
+
+
+@contextlib.contextmanager
+def exact_fp32(device):
+    """fp32 as the reference computes it: on CUDA, TF32 matmuls/convolutions (which round inputs to 10 mantissa bits
+    and miss the parity bars) are off for the duration and restored afterwards. A no-op on the CPU."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+class TorchEncoder:
+    """The image encoder as the backbone's own PyTorch forward: `encode(pixels, precision) -> Encoding`, with
+    precision an autocast dtype (TORCH_AUTOCAST) or "bf16-mlp" (the MLPs alone in bf16). The Detector's default
+    engine; engines.py adds OpenVINO."""
+
+    name = "torch"
+
+    def __init__(self, backbone: Backbone, device):
+        self.backbone, self.device = backbone, torch.device(device)
+
+    @staticmethod
+    def check(precision: str):
+        if precision not in TORCH_AUTOCAST:
+            raise MRADError(f"the PyTorch engine runs {', '.join(TORCH_AUTOCAST)}, not {precision!r}")
+
+    def encode(self, pixels: torch.Tensor, precision: str = "fp32") -> Encoding:
+        dtype = TORCH_AUTOCAST[precision]
+        mlp_dtype = torch.bfloat16 if precision == "bf16-mlp" else None
+        if dtype is None:
+            ctx = exact_fp32(self.device) if precision == "fp32" else contextlib.nullcontext()
+        else:
+            ctx = torch.autocast(self.device.type, dtype=dtype)
+        with ctx:
+            return self.backbone.encode_image(pixels.to(self.device), mlp_dtype=mlp_dtype)

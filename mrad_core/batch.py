@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import records, viz
+from .backbone import Encoding
 from .config import VARIANTS
 from .errors import MRADError
 from .images import ImageError, load_image, preprocess
@@ -38,21 +39,40 @@ class ChunkScores:
     levels: dict = field(default_factory=dict)  # variant -> viz.Calibration (calibrated view)
 
 
+def encode_each(service, det, pixels: torch.Tensor, progress=None):
+    """Encode a chunk: in one call, or (with progress(done, total), on a CPU where a chunk takes seconds per image)
+    image by image, progress after each. Either way each image is encoded once (the same `service.calls`)."""
+    if progress is None or det.device.type != "cpu":
+        enc = service.encode(det, pixels)
+        if progress is not None:
+            progress(len(pixels), len(pixels))
+        return enc
+    parts = []
+    for i in range(len(pixels)):
+        parts.append(service.encode(det, pixels[i:i + 1]))
+        progress(i + 1, len(pixels))
+    return Encoding.cat(parts)
+
+
 def score_chunk(service, pixels: torch.Tensor, variants, source, bank_id=None, calibrate=False,
-                calibrations=None) -> ChunkScores:
-    """The model part of a batch chunk: (B, 3, S, S) pixels -> every runnable variant's Result (one encoding)."""
+                calibrations=None, progress=None) -> ChunkScores:
+    """The model part of a batch chunk: (B, 3, S, S) pixels -> every runnable variant's Result (one encoding).
+    progress(done, total): images of the chunk encoded so far (None on ZeroGPU: a GPU call's arguments are
+    pickled)."""
     det = service.detector(source, bank_id)
     run, skipped = service.runnable(det, variants)
-    enc = service.encode(det, pixels)
+    enc = encode_each(service, det, pixels, progress)
     levels = service.calibrations(det, source, bank_id, run, calibrations, compute=calibrate)
     return ChunkScores({v: service.score(det, enc, v) for v in run}, skipped, levels)
 
 
 def run_batch(service, paths, variants=VARIANTS, source="env", bank_id=None, view: viz.View = viz.View(),
-              image_threshold=0.5, progress=None, score=None, calibrations=None) -> "BatchReport":
+              image_threshold=0.5, progress=None, score=None, calibrations=None,
+              per_image: bool = True) -> "BatchReport":
     """Score uploads/folders/ZIPs chunk by chunk and write the outputs (see the module docstring). `score` runs
     the model part of a chunk (default: `score_chunk` with `service`); bad entries become rows with an error;
-    MRADError only when nothing can be scored."""
+    MRADError only when nothing can be scored. progress(fraction, text) after each image encoded (`per_image`;
+    False: after each chunk, for model calls that cannot take a callback, as on ZeroGPU)."""
     settings = service.settings
     entries, errors = collect_files(paths, settings.max_batch)
     if not entries:
@@ -66,6 +86,8 @@ def run_batch(service, paths, variants=VARIANTS, source="env", bank_id=None, vie
     for start in range(0, n, chunk):
         if progress:
             progress(start / n, f"scoring images {start + 1}-{min(n, start + chunk)} of {n}")
+        def each(done, total, start=start):
+            progress(min(start + done, n) / n, f"encoded image {min(start + done, n)} of {n}")
         loaded = []
         for e in entries[start:start + chunk]:
             try:
@@ -76,7 +98,7 @@ def run_batch(service, paths, variants=VARIANTS, source="env", bank_id=None, vie
             continue
         pixels = torch.stack([preprocess(li.image, size) for _, li in loaded])
         scored = score(pixels, variants, source, bank_id, calibrate=view.normalisation == "calibrated",
-                       calibrations=calibrations)
+                       calibrations=calibrations, **({"progress": each} if progress and per_image else {}))
         run, skipped = list(scored.results), scored.skipped
         for i, (e, li) in enumerate(loaded):
             row, tiles = _batch_item(out, e.name, li, {v: r[i] for v, r in scored.results.items()}, view,
@@ -85,8 +107,8 @@ def run_batch(service, paths, variants=VARIANTS, source="env", bank_id=None, vie
             preview = out / "previews" / f"{safe_stem(e.name)}.jpg"
             cv2.imwrite(str(preview), cv2.cvtColor(viz.tile_grid(tiles, ["input"] + [records.name(v) for v in run]),
                                                   cv2.COLOR_RGB2BGR))
-            gallery.append((str(preview), " · ".join([e.name] + [
-                f"{records.name(v)} {row[v + '_score']:.3f} {'ANOMALOUS' if row[v + '_anomalous'] else 'normal'}"
+            gallery.append((str(preview), " · ".join([e.name] + [  # short verdicts: the caption fits one line
+                f"{records.name(v)} {row[v + '_score']:.3f} {'✗' if row[v + '_anomalous'] else '✓'}"
                 for v in run])))
     if progress:
         progress(1.0, "writing the CSV and ZIP")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 
 from . import viz
+from .backbone import Encoding
+from .records import name
 
 
 class Calibrator:
@@ -40,16 +42,29 @@ class Calibrator:
         with self._lock:
             self._levels = {k: c for k, c in self._levels.items() if k[0] != key}
 
-    def ensure(self, detector, key: str, variants, calls) -> dict:
+    def ensure(self, detector, key: str, variants, calls, progress=None) -> dict:
         """{variant: Calibration} for `variants` of this source, computing the missing ones now. `calls` runs the
         model (`calls.encode(detector, images)`, `calls.score(detector, encoding, variant)`: the service's counted
-        model calls). Empty when calibration is off."""
+        model calls). progress(fraction, text) after each reference image encoded and each variant scored (the
+        references are then encoded one by one; without it, in one call). Empty when calibration is off."""
         if not self.enabled:
             return {}
         with self._lock:
             todo = [v for v in variants if (key, v) not in self._levels]
+            n = len(self.references)
+            steps = (n if self._encoding is None else 0) + len(todo)
             if todo and self._encoding is None:
-                self._encoding = calls.encode(detector, self.references)
-            for v in todo:
+                if progress is None:
+                    self._encoding = calls.encode(detector, self.references)
+                else:
+                    parts = []
+                    for i, ref in enumerate(self.references):
+                        progress(i / steps, f"calibrating: encoding normal reference image {i + 1} of {n}")
+                        parts.append(calls.encode(detector, [ref]))
+                    self._encoding = Encoding.cat(parts)
+            done = steps - len(todo)
+            for i, v in enumerate(todo):
+                if progress is not None:
+                    progress((done + i) / steps, f"calibrating: scoring the {n} references with {name(v)}")
                 self._levels[key, v] = viz.Calibration.from_maps(calls.score(detector, self._encoding, v).map)
             return {v: self._levels[key, v] for v in variants}

@@ -1,7 +1,7 @@
-"""Where a source's heads and memory banks come from, and the banks people build in the app.
+"""The sources one app offers (keys -> the typed sources of sources.py) and the banks people build in the app.
 
 Sources (keys; the app shows their labels):
-    visa, mvtec   the paper's files, found (or downloaded) by the resolver in loading.py
+    visa, mvtec   the paper's files, found (or downloaded) by the artefacts resolver (sources.PaperSource)
     env           the files given by MRAD_HEADS / MRAD_IMAGE_BANK / MRAD_PATCH_BANK (they replace visa and mvtec)
     examples      a bank built on first use from the synthetic images in assets/bank
     custom        a bank built in the app from uploads; kept as two safetensors files under the work directory,
@@ -11,41 +11,22 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .backbone import Encoding
+from .artefacts.registry import TRAINING_SOURCES
 from .bank import BankBuilder, MemoryBank
 from .errors import MRADError
-from .heads import Heads
+from .files import safe_name
 from .images import ImageError, load_image, load_mask, preprocess
 from .lru import LRU
+from .sources import LABELS as SOURCE_LABELS, CustomSource, ExamplesSource, FilesSource, PaperSource, Source, \
+    SourceFacts
 
-SOURCE_LABELS = {
-    "env": "Your files (MRAD_HEADS / MRAD_IMAGE_BANK / MRAD_PATCH_BANK)",
-    "visa": "VisA memory + VisA-trained heads (the paper's pairing for MVTec AD and other datasets)",
-    "mvtec": "MVTec AD memory + MVTec-trained heads (the paper's pairing for VisA; non-commercial)",
-    "examples": "Built-in synthetic examples (assets/bank; MRAD-TF with the CLIP backbone alone)",
-    "custom": "My bank (build it in the Bank tab)",
-}
 BANK_ID = re.compile(r"[0-9a-f]{12}")
 KEPT_BANKS = 16  # custom banks kept in memory (their files stay until the work directory is tidied)
-
-
-@dataclass(frozen=True)
-class SourceFacts:
-    """What a source is and what it has, as plain facts (the app words them)."""
-
-    key: str
-    label: str
-    lines: tuple  # one fact per line: files and their origin, what is missing and how to provide it, licence
-    missing: bool  # something needed is missing
-
-
-def safe_name(text: str, default: str = "bank") -> str:
-    """A file-name-safe version of a user's name for something."""
-    return re.sub(r"[^\w.-]+", "_", str(text).strip())[:60].strip("._") or default
 
 
 class Catalogue:
@@ -70,99 +51,46 @@ class Catalogue:
                             + "; ".join(f"{SOURCE_LABELS[k]} ({k})" for k in self.keys()))
         return key
 
+    def source(self, key, bank_id=None) -> Source:
+        """The typed source behind a key (sources.py): what it holds, which variants it can run, its parts."""
+        self.check(key)
+        if key in TRAINING_SOURCES:
+            return PaperSource(self.settings, key)
+        if key == "env":
+            return FilesSource(self.settings)
+        if key == "examples":
+            return ExamplesSource(self.settings)
+        return CustomSource(self.settings, self, bank_id)
+
     def default(self) -> str:
         """MRAD_APP_SOURCE if offered; else your files; else VisA/MVTec when their banks are here; else examples."""
         if self.settings.app_source in self.keys():
             return self.settings.app_source
         if self.settings.uses_own_files:
             return "env"
-        for key in ("visa", "mvtec"):
+        for key in TRAINING_SOURCES:
             try:
-                if self.delivery(key).paths.get("image_bank"):
+                if PaperSource(self.settings, key).delivery().paths.get("image_bank"):
                     return key
             except Exception:  # a status check must never stop the app from opening
                 pass
         return "examples"
 
-    def delivery(self, key):
-        """What is available for a paper source right now, without downloading (loading.Resolution)."""
-        from .loading import delivery_status
-        return delivery_status(source=key, model=self.settings.model)
-
     def facts(self, key: str, bank_id=None) -> SourceFacts:
         """What a source is and what is missing. Loads nothing."""
-        lines, missing = [], False
-        if key in ("visa", "mvtec"):
-            from .registry import LICENCES
-            try:
-                res = self.delivery(key)
-                lines += [s.line() for s in res.statuses if s.kind != "backbone"]
-                missing = any(not s.ok for s in res.statuses if s.kind != "backbone")
-            except Exception as e:
-                lines.append(f"status unavailable: {e}")
-                missing = True
-            lines.append(f"licence: {LICENCES[key]}")
-        elif key == "env":
-            files = self.settings.files
-            lines += [f"{k.replace('_', ' ')}: {v}" for k, v in files.items() if v and k != "backbone"]
-            if not (files.get("image_bank") and files.get("patch_bank")):
-                lines.append("missing: both MRAD_IMAGE_BANK and MRAD_PATCH_BANK must be set")
-                missing = True
-            if not files.get("heads"):
-                lines.append("no heads (MRAD_HEADS): only MRAD-TF can run")
-        elif key == "examples":
-            folder = self.settings.assets / "bank"
-            n = len([p for p in folder.glob("*.png") if not p.stem.endswith("_mask")])
-            lines.append(f"built on first use from the {n} synthetic images in {folder} (procedural textures, not "
-                         "dataset images); MRAD-FT and MRAD-CLIP run only when MRAD_HEADS gives heads")
-        elif key == "custom":
-            if bank_id and self.has_bank(bank_id):
-                lines.append("ready: " + self.bank_info(bank_id))
-            else:
-                lines.append("not built yet: upload normal images in the Bank tab")
-                missing = True
-        return SourceFacts(key, SOURCE_LABELS[key], tuple(lines), missing)
+        return self.source(key, bank_id).facts()
+
+    def availability(self, key: str, bank_id=None) -> dict:
+        """{variant: None if it can run, else why not}, judged from the source's files (loads nothing)."""
+        return self.source(key, bank_id).availability()
 
     def variants(self, key: str, bank_id=None) -> tuple:
-        """The variants a source can run, judged from its files without loading them (MRAD-CLIP also needs the
-        prompt parts inside the heads, known only on load)."""
-        heads = bool(self.settings.files.get("heads"))
-        if key in ("visa", "mvtec"):
-            try:
-                paths = self.delivery(key).paths
-                heads = bool(paths.get("heads")) or not paths.get("image_bank")  # nothing here yet: all may come
-            except Exception:
-                heads = True
-        return ("tf", "ft", "clip") if heads else ("tf",)
+        """The variants a source can run, judged from its files without loading them."""
+        return tuple(v for v, why in self.availability(key, bank_id).items() if why is None)
 
     def parts(self, key: str, bank_id, build_examples) -> tuple:
         """(heads or None, image bank, patch bank) of a source. `build_examples()` builds the examples bank."""
-        files = self.settings.files
-        heads = Heads.load(files["heads"]) if files.get("heads") else None
-        if key in ("visa", "mvtec"):
-            from .loading import resolve_artefacts
-            res = resolve_artefacts(model=self.settings.model, source=key, download=self.settings.download,
-                                    require=("tf",), strict_backbone=False)
-            heads = Heads.load(res.paths["heads"]) if res.paths.get("heads") else None
-            return (heads, MemoryBank.load(res.paths["image_bank"], "image"),
-                    MemoryBank.load(res.paths["patch_bank"], "patch"))
-        if key == "env":
-            if not (files.get("image_bank") and files.get("patch_bank")):
-                raise MRADError("MRAD_IMAGE_BANK and MRAD_PATCH_BANK must both be set to memory bank files")
-            return heads, MemoryBank.load(files["image_bank"], "image"), MemoryBank.load(files["patch_bank"], "patch")
-        if key == "examples":
-            return (heads, *build_examples())
-        image_bank, patch_bank = self.bank(bank_id)
-        return self.heads_of(image_bank.meta.get("heads_from")) or heads, image_bank, patch_bank
-
-    def heads_of(self, source):
-        """The heads of a paper source (a bank taught from VisA keeps VisA's heads), or None."""
-        if source not in ("visa", "mvtec") or self.settings.uses_own_files:
-            return None
-        from .loading import resolve_artefacts
-        res = resolve_artefacts(model=self.settings.model, source=source, download=self.settings.download,
-                                strict_backbone=False)
-        return Heads.load(res.paths["heads"]) if res.paths.get("heads") else None
+        return self.source(key, bank_id).parts(build_examples)
 
     def example_images(self) -> tuple:
         """(images, masks or None, ids) of the built-in bank in assets/bank."""
@@ -179,7 +107,7 @@ class Catalogue:
         bank_id = uuid.uuid4().hex[:12]
         folder = self.bank_dir / bank_id
         folder.mkdir(parents=True)
-        stem = safe_name(name)
+        stem = safe_name(name, "bank", 60)
         banks[0].save(folder / f"{stem}_image_bank.safetensors")
         banks[1].save(folder / f"{stem}_patch_bank.safetensors")
         self._banks.put(bank_id, banks)
@@ -267,7 +195,15 @@ def build_banks(calls, encoder, images, masks, ids, chunk: int = 8, progress=Non
                                           f"of {len(images)}")
         part = slice(start, start + chunk)
         pixels = torch.stack([preprocess(load_image(p).image, size) for p in images[part]])
-        enc = calls.encode(encoder, pixels)
+        if progress and encoder.device.type == "cpu":  # seconds per image: progress after each (same calls)
+            parts = []
+            for i in range(len(pixels)):
+                parts.append(calls.encode(encoder, pixels[i:i + 1]))
+                progress(min(start + i + 1, len(images)) / len(images),
+                         f"encoded bank image {start + i + 1} of {len(images)}")
+            enc = Encoding.cat(parts)
+        else:
+            enc = calls.encode(encoder, pixels)
         labels = [int(m is not None) for m in masks[part]]
         builder.add(enc.to("cpu"), labels, torch.stack([load_mask(m, size) for m in masks[part]]), ids[part])
     return builder.build()

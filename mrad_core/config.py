@@ -4,6 +4,12 @@ from dataclasses import dataclass
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 VARIANTS = ("tf", "ft", "clip")
+VARIANT_NAMES = {"tf": "MRAD-TF", "ft": "MRAD-FT", "clip": "MRAD-CLIP"}
+
+
+def variant_name(variant: str) -> str:
+    """Display name of a variant key ("tf" -> "MRAD-TF"), for every page, plot, table and report."""
+    return VARIANT_NAMES.get(variant, variant)
 
 
 @dataclass(frozen=True)

@@ -38,15 +38,14 @@ from pathlib import Path
 import torch
 
 from .errors import MRADError
-from .images import load_image, load_mask, preprocess
 from .files import write_text
+from .images import IMAGE_EXTENSIONS, load_image, load_mask, preprocess
 
 DATASETS = ("mvtec", "visa", "mpdd", "btad", "dtd", "headct", "brainmri", "br35h", "clinicdb", "colondb",
             "kvasir", "isic", "endo")
 ALIASES = {"mvtec-ad": "mvtec", "dtd-synthetic": "dtd", "head-ct": "headct", "brain-mri": "brainmri",
            "br35": "br35h", "cvc-clinicdb": "clinicdb", "cvc-colondb": "colondb", "isbi": "isic",
            "endotect": "endo"}
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "test")
 ISIC_MASKS = "ISBI2016_ISIC_Part1_Test_GroundTruth"
 

@@ -7,25 +7,20 @@
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import engines, maps
-from .backbone import Backbone, Encoding
+from . import maps
+from .backbone import Backbone, Encoding, TorchEncoder, exact_fp32
 from .bank import MemoryBank
 from .config import DEFAULT, VARIANTS, MRADConfig
 from .errors import MRADError
 from .heads import Heads, clip_patch_probs, regional_prior
 from .images import load_image, preprocess
 from .retrieval import retrieve_any
-
-# name -> autocast dtype of the whole backbone; "bf16-mlp" runs only the backbone's MLPs in bf16
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-mlp": None}
 
 
 @dataclass
@@ -49,89 +44,54 @@ class Result:
         return Result(self.variant, extras={k: v[sl] for k, v in self.extras.items()}, **kw)
 
 
-def fast_precision(device: torch.device) -> str:
-    """PyTorch's `auto` precision (engines.resolve_auto uses it when the benchmark recorded nothing for this CPU
-    and OpenVINO is not installed): the fastest one that keeps the maps within the bounds for a default (1e-2 max
-    abs, correlation >= 0.999 of fp32 on the parity fixture; bench/bench.py measures them). On CUDA that is fp16
-    autocast. On CPU, full bf16 misses the correlation bound (0.9976) while bf16 MLPs alone meet it (0.99998) at
-    ~1.4x the fp32 speed; without native bf16 kernels it would only be slower, so such CPUs stay fp32."""
-    if device.type == "cuda":
-        return "fp16"
-    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return "bf16-mlp" if supported is not None and supported() else "fp32"
+def availability(has_banks: bool, heads: str) -> dict:
+    """The one rule for which variants a setup can run: {variant: None if it can, else why not}.
+    has_banks: both memory banks are there; heads: "none", "ft" (the projections only), "clip" (with the prompt
+    parts) or "unknown" (a heads file not read yet: everything may run, checked on load)."""
+    if not has_banks:
+        why = ("needs the memory banks (--image-bank and --patch-bank, or MRAD_IMAGE_BANK / MRAD_PATCH_BANK)")
+        return {v: f"MRAD-{v.upper()} {why}" for v in VARIANTS}
+    out = {"tf": None}
+    for v in ("ft", "clip"):
+        if heads == "none":
+            out[v] = (f"MRAD-{v.upper()} needs trained heads (--heads or MRAD_HEADS); this setup has banks only, so "
+                      "only MRAD-TF can run")
+        elif heads == "ft" and v == "clip":
+            out[v] = ("MRAD-CLIP needs a checkpoint with prompt_learner and prompt_proj; these heads hold only the "
+                      "MRAD-FT projections")
+        else:
+            out[v] = None
+    return out
 
 
-def gpu_present() -> bool:
-    """The machine has an NVIDIA GPU and driver (whether or not this torch build can use it)."""
-    return Path("/proc/driver/nvidia/version").is_file() or bool(os.environ.get("NVIDIA_VISIBLE_DEVICES", "")
-                                                                     .strip() not in ("", "void", "none"))
-
-
-def torch_report() -> str:
-    """torch, its CUDA build and the driver: one line for the start-up log."""
-    driver = ""
-    try:
-        driver = Path("/proc/driver/nvidia/version").read_text().split("Kernel Module")[1].split()[0]
-    except (OSError, IndexError):
-        pass
-    cuda = torch.version.cuda or "none (CPU build)"
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none usable"
-    return f"torch {torch.__version__}, CUDA build {cuda}, NVIDIA driver {driver or 'not found'}, GPU {gpu}"
-
-
-def resolve_device(device=None) -> torch.device:
-    """None/"auto" -> CUDA when usable, else CPU; but never a silent CPU fallback on a machine that has a GPU
-    (e.g. a torch built for a newer CUDA than the driver supports): that is an error naming the versions."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if gpu_present():
-            raise MRADError(f"this machine has an NVIDIA GPU but torch cannot use it ({torch_report()}); install a "
-                            "torch build for the driver's CUDA version (e.g. the CUDA 12 wheels from "
-                            "download.pytorch.org/whl/cu126), or choose the CPU explicitly with --device cpu / "
-                            "MRAD_DEVICE=cpu")
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MRADError(f"--device {device} was asked for, but torch cannot use a CUDA device ({torch_report()}); "
-                        "use --device cpu")
-    return device
-
-
-def check_precision(precision: str, device: torch.device):
-    """bf16 needs native support: GPUs before Ampere (T4: compute capability 7.5) only emulate it, slowly."""
-    if device.type == "cuda" and precision in ("bf16", "bf16-mlp") and torch.cuda.get_device_capability(device) < (8, 0):
-        raise MRADError(f"precision {precision} needs a GPU with native bf16 (compute capability 8.0+, e.g. A10G, "
-                        f"L4, A100); {torch.cuda.get_device_name(device)} has none: use fp16 or auto")
-
-
-def synchronize(device: torch.device):
-    """Wait for queued GPU work, so that a clock read after it measures it (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def check_variant(variant: str, available: dict) -> str | None:
+    """Why `variant` cannot run under `available` (an `availability` dict), or None when it can."""
+    if variant not in VARIANTS:
+        return f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}"
+    return available[variant]
 
 
 class Detector:
     """Holds the frozen backbone, the heads and both memory banks; all variants share one encoding.
 
-    engine: who runs the image encoder, "torch" (default) or "openvino" (CPU; converts once, caches the IR and
-    releases the PyTorch vision weights; see engines.py). precision="auto" picks the engine too unless one is given
-    (engines.resolve_auto). `run_info` says which engine and precision are in use."""
+    device: a concrete device ("cpu", "cuda", "cuda:N"; mrad_core.runtime.resolve decides it for the entry points).
+    engine: who runs the image encoder: None = the backbone's own PyTorch forward (TorchEncoder), or an engine object
+    from mrad_core.runtime.make_encoder (e.g. OpenVINO) with `.name`, `.check(precision)` and
+    `.encode(pixels, precision)`. precision: fp32 (the reference), bf16, fp16 or bf16-mlp; "auto" is a runtime
+    decision (runtime.resolve). `run_info` says which engine and precision are in use."""
 
     def __init__(self, backbone: Backbone, heads: Heads | None = None, image_bank: MemoryBank | None = None,
-                 patch_bank: MemoryBank | None = None, device=None, precision: str = "fp32", batch_size: int = 8,
-                 engine: str | None = None):
-        if precision not in (*PRECISIONS, "auto"):
-            raise MRADError(f"precision must be one of {', '.join(PRECISIONS)} or auto, not {precision!r}")
-        self.device = resolve_device(device)
-        if precision == "auto":  # the fastest engine (unless given) and precision inside the bounds
-            engine, precision = engines.resolve_auto(self.device, engine)
-        engine = engine or "torch"
-        check_precision(precision, self.device)
-        if self.device.type == "cuda" and precision == "fp32":
-            # reproducible fp32: TF32 matmuls/convolutions round inputs to 10 mantissa bits and miss the parity bars
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
+                 patch_bank: MemoryBank | None = None, device="cpu", precision: str = "fp32", batch_size: int = 8,
+                 engine=None):
+        if precision == "auto":
+            raise MRADError("precision 'auto' is decided per machine by mrad_core.runtime.resolve(); give the "
+                            "Detector the engine and precision it chose (or use mrad_core.artefacts.load_detector)")
+        if isinstance(engine, str) and engine != "torch":
+            raise MRADError(f"engine {engine!r}: build it with mrad_core.runtime.make_encoder and pass the object "
+                            "(the Detector itself only knows the PyTorch forward)")
+        self.device = torch.device(device or "cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise MRADError(f"device {self.device} was asked for, but torch cannot use a CUDA device; use cpu")
         self.batch_size = batch_size
         self.config: MRADConfig = backbone.config
         self.backbone = backbone.to(self.device)
@@ -150,9 +110,11 @@ class Detector:
                                 f"{backbone.image_dim}/{backbone.patch_dim}")
             self.heads = heads.to(self.device).eval().requires_grad_(False)
         self.precision = precision
-        # who runs the image encoder ("torch" | "openvino"); OpenVINO releases the PyTorch vision weights
-        self.engine = engines.make_engine(engine, self.backbone, self.device, self.precision)
-        self.engine.check(self.precision)
+        self.engine = TorchEncoder(self.backbone, self.device) if engine in (None, "torch") else engine
+        try:
+            self.engine.check(self.precision)
+        except MRADError as e:
+            raise MRADError(f"precision must be one this engine runs: {e}") from None
         self._ft_keys = None  # bank keys through the FT key projections, computed once
 
     @classmethod
@@ -167,25 +129,24 @@ class Detector:
     @property
     def variants(self) -> tuple:
         """The variants this setup can run."""
-        if self.image_bank is None:
-            return ()
-        if self.heads is None:
-            return ("tf",)
-        return ("tf", "ft", "clip") if self.heads.has_clip else ("tf", "ft")
+        return tuple(v for v, why in self.availability().items() if why is None)
+
+    def availability(self) -> dict:
+        """{variant: None if it can run, else why not} (the one rule, `availability`, on what is loaded)."""
+        heads = "none" if self.heads is None else "clip" if self.heads.has_clip else "ft"
+        return availability(self.image_bank is not None, heads)
 
     def require(self, variant: str):
-        if variant not in VARIANTS:
-            raise MRADError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-        if variant in self.variants:
-            return
-        if self.image_bank is None:
-            raise MRADError(f"MRAD-{variant.upper()} needs the memory banks (--image-bank and --patch-bank, "
-                            "or MRAD_IMAGE_BANK / MRAD_PATCH_BANK)")
-        if self.heads is None:
-            raise MRADError(f"MRAD-{variant.upper()} needs trained heads (--heads or MRAD_HEADS); "
-                            "this setup has banks only, so only MRAD-TF can run")
-        raise MRADError("MRAD-CLIP needs a checkpoint with prompt_learner and prompt_proj; "
-                        "these heads hold only the MRAD-FT projections")
+        why = check_variant(variant, self.availability())
+        if why:
+            raise MRADError(why)
+
+    def score_batch(self, pixels, variants) -> dict:
+        """Images or (B, 3, S, S) pixels -> {variant: Result}: encoded once, scored by every variant."""
+        for v in variants:
+            self.require(v)
+        enc = self.encode(pixels)
+        return {v: self.score(enc, v) for v in variants}
 
     def pixels(self, images) -> torch.Tensor:
         """Image sources (paths, bytes, PIL, arrays) -> (B, 3, S, S) model input."""
@@ -240,7 +201,11 @@ class Detector:
 
     @torch.inference_mode()
     def score(self, encoding: Encoding, variant: str) -> Result:
-        """Score an encoding with one variant ("tf", "ft" or "clip")."""
+        """Score an encoding with one variant ("tf", "ft" or "clip"). The heads run in fp32 (TF32 off on CUDA)."""
+        with exact_fp32(self.device):
+            return self._score(encoding, variant)
+
+    def _score(self, encoding: Encoding, variant: str) -> Result:
         self.require(variant)
         cfg = self.config
         enc = encoding.to(self.device)
@@ -267,7 +232,4 @@ class Detector:
 
     def predict(self, images, variants=VARIANTS) -> dict:
         """Encode once, score with every requested variant: {variant: Result}."""
-        for v in variants:
-            self.require(v)
-        enc = self.encode(images)
-        return {v: self.score(enc, v) for v in variants}
+        return self.score_batch(images, variants)

@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from .errors import MRADError
 
-TIMEOUT = timedelta(hours=int(os.environ.get("MRAD_DIST_TIMEOUT_HOURS", 3)))  # rank 0 computes metrics meanwhile
+TIMEOUT_HOURS = 3  # collectives' timeout: rank 0 computes metrics meanwhile (Settings.dist_timeout_hours,
+# MRAD_DIST_TIMEOUT_HOURS)
 
 
 @dataclass
@@ -37,9 +38,11 @@ class Shard:
         return self.world > 1
 
 
-def setup(device=None) -> tuple[Shard, str | None]:
+def setup(device=None, timeout_hours: float = TIMEOUT_HOURS) -> tuple[Shard, str | None]:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a one-process Shard.
-    Returns (shard, device for this rank): with CUDA each rank uses cuda:LOCAL_RANK and nccl, else gloo."""
+    Returns (shard, device for this rank): with CUDA each rank uses cuda:LOCAL_RANK and nccl, else gloo.
+    torchrun's own WORLD_SIZE / LOCAL_RANK are read here, where the process group is set up."""
+    timeout = timedelta(hours=timeout_hours)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Shard(), device
@@ -52,9 +55,9 @@ def setup(device=None) -> tuple[Shard, str | None]:
         device = f"cuda:{local_rank}"
     if not dist.is_initialized():
         if use_cuda:  # binds the group to this rank's GPU (nccl needs it for barriers)
-            dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device(device))
+            dist.init_process_group("nccl", timeout=timeout, device_id=torch.device(device))
         else:
-            dist.init_process_group("gloo", timeout=TIMEOUT)
+            dist.init_process_group("gloo", timeout=timeout)
     comm = torch.device(device) if use_cuda else torch.device("cpu")
     return Shard(dist.get_rank(), dist.get_world_size(), local_rank, comm), device
 
@@ -141,3 +144,23 @@ def run_rounds(dataset, my_rounds: list[list[int]], produce, spec: dict, shard: 
                 raise error
             raise MRADError("another process of this distributed run failed; see its error message")
         yield gather_rows(local, spec, shard)
+
+
+def barrier(shard: Shard):
+    """Wait for every rank (no-op in one process)."""
+    if shard.distributed:
+        dist.barrier()
+
+
+def sum_ranks(values: list[int], shard: Shard) -> list[int]:
+    """Element-wise sum of every rank's list of integers, on every rank (one collective: e.g. [failed, done])."""
+    if not shard.distributed:
+        return [int(v) for v in values]
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=shard.comm_device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [int(x) for x in t.cpu()]
+
+
+def launched_world() -> int:
+    """How many processes torchrun started for this run (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

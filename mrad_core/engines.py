@@ -2,21 +2,19 @@
 
 Every engine has `encode(pixels, precision) -> Encoding` for (B, 3, S, S) normalised pixels; the heads, the text
 tower and the neighbour averaging stay in PyTorch (they are cheap). The OpenVINO engine converts the encoder once
-per backbone file (`openvino.convert_model` on the traced module), saves the IR under
-$MRAD_CACHE_DIR/openvino/ (default ~/.cache/mrad) keyed by the backbone file's sha256, the model config and the
+per backbone file (`openvino.convert_model` on the traced module), saves the IR under <cache_dir>/openvino/
+(Settings.cache_dir: $MRAD_CACHE_DIR, default ~/.cache/mrad) keyed by the backbone file's sha256, the model config and the
 OpenVINO version, and compiles it from there; later starts only read and compile (seconds). Once compiled, the
 PyTorch vision weights are released (`Backbone.release_vision`): the text tower is all PyTorch keeps; and the
 pages of the mapped IR are dropped while it compiles (memory.paging_out): the compiled model keeps its own copy.
 
-    engine = make_engine("openvino", backbone)          # converts or loads the cached IR
+    engine = make_engine("openvino", backbone, device, "fp32", cache_dir=settings.cache_dir)  # converts or loads
     enc = engine.encode(pixels, "fp32")                  # Encoding, as Backbone.encode_image gives
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import threading
@@ -27,12 +25,12 @@ import torch
 from torch import nn
 
 from . import files, memory
-from .backbone import Backbone, Encoding, encoding_from_tokens
+from .backbone import Backbone, Encoding, TorchEncoder, encoding_from_tokens
 from .errors import MRADError
 
 ENGINES = ("torch", "openvino")
 OUTPUTS = ("image_feature", "patch_tokens", "proj_tokens")  # the encoder's outputs, in this order
-TORCH_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-mlp": None}
+TorchEngine = TorchEncoder  # the backbone's own PyTorch forward (autocast precisions, or bf16 MLPs only)
 # precision -> OpenVINO INFERENCE_PRECISION_HINT; the CPU plugin keeps precision-sensitive ops (softmax, norms,
 # reductions) in f32 by itself, so "bf16" there is its own mixed recipe
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}  # the measured ones (bench/bench.py)
@@ -40,10 +38,6 @@ OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}  # the measured ones (bench/ben
 
 class EngineError(MRADError):
     """An engine that cannot run here (not installed, wrong device, unsupported precision)."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MRAD_CACHE_DIR") or Path.home() / ".cache" / "mrad")
 
 
 def openvino_available() -> bool:
@@ -54,7 +48,7 @@ def openvino_available() -> bool:
     return True
 
 
-def _import_openvino():
+def require_openvino():
     try:
         import openvino
     except ImportError as e:
@@ -69,16 +63,6 @@ def check_engine(name: str) -> str:
     return name
 
 
-def default_engine(device: torch.device | None = None, precision: str = "fp32") -> str:
-    """$MRAD_ENGINE, else openvino on a CPU where it is installed (it is fp32-exact and faster) for the precisions it
-    runs, else torch (CUDA, and PyTorch-only recipes such as bf16-mlp)."""
-    env = os.environ.get("MRAD_ENGINE")
-    if env:
-        return check_engine(env)
-    cpu = device is None or torch.device(device).type == "cpu"
-    return "openvino" if cpu and precision in OPENVINO_HINTS and openvino_available() else "torch"
-
-
 class EncoderModule(nn.Module):
     """The traceable encoder: (B, 3, S, S) pixels -> (image_feature (B, E), patch_tokens (B, N, W),
     proj_tokens (B, N, E)), float32; what the OpenVINO engine runs and `mrad export` writes."""
@@ -91,35 +75,27 @@ class EncoderModule(nn.Module):
         return self.backbone.encode_tokens(pixels)
 
 
-class TorchEngine:
-    """The backbone's own PyTorch forward; precision = autocast dtype, or bf16 MLPs only ("bf16-mlp")."""
-
-    name = "torch"
-
-    def __init__(self, backbone: Backbone, device: torch.device):
-        self.backbone, self.device = backbone, device
-
-    def check(self, precision: str):
-        if precision not in TORCH_AUTOCAST:
-            raise EngineError(f"the PyTorch engine runs {', '.join(TORCH_AUTOCAST)}, not {precision!r}")
-
-    def encode(self, pixels: torch.Tensor, precision: str = "fp32") -> Encoding:
-        dtype = TORCH_AUTOCAST[precision]
-        mlp_dtype = torch.bfloat16 if precision == "bf16-mlp" else None
-        ctx = contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
-        with ctx:
-            return self.backbone.encode_image(pixels.to(self.device), mlp_dtype=mlp_dtype)
+def engine_runs(name: str, precision: str, device: torch.device):
+    """Raise EngineError unless engine `name` runs `precision` on `device` (checked before anything is converted)."""
+    check_engine(name)
+    if name == "torch":
+        TorchEncoder.check(precision)
+        return
+    if torch.device(device).type != "cpu":
+        raise EngineError(f"the OpenVINO engine runs on the CPU, not {torch.device(device).type} (use --engine torch "
+                          "there)")
+    OpenVINOEngine.check(precision)
+    require_openvino()
 
 
-def backbone_key(backbone: Backbone) -> str:
-    """What the converted encoder depends on: the weights (file sha256, or the tensors' bytes when the backbone
-    did not come from a file), the model name, the input size and the OpenVINO version."""
+def backbone_key(backbone: Backbone, weights_digest: str | None = None) -> str:
+    """What the converted encoder depends on: the weights (the file's sha256 as the caller computed it with its
+    digest cache, or the tensors' bytes when there is none), the model name, the input size and the OpenVINO
+    version."""
     import openvino
 
-    from . import hub
-
-    if backbone.weights_path and Path(backbone.weights_path).is_file():
-        weights = hub.file_sha256(backbone.weights_path)
+    if weights_digest:
+        weights = weights_digest
     else:
         h = hashlib.sha256()
         for name, t in sorted(backbone.clip.visual.state_dict().items()):
@@ -134,7 +110,7 @@ def backbone_key(backbone: Backbone) -> str:
 
 def convert_openvino(backbone: Backbone):
     """Backbone -> openvino.Model of the encoder (dynamic batch; input "pixels", outputs OUTPUTS)."""
-    ov = _import_openvino()
+    ov = require_openvino()
     s = backbone.config.image_size
     with torch.no_grad():
         model = ov.convert_model(EncoderModule(backbone).eval(), example_input=torch.zeros(1, 3, s, s),
@@ -145,15 +121,31 @@ def convert_openvino(backbone: Backbone):
     return model
 
 
-def cached_ir(backbone: Backbone, cache_dir: Path | None = None) -> tuple[Path, dict]:
+CONVERTING = ("converting the image encoder for this CPU with OpenVINO (once per backbone file; about 1-4 minutes "
+              "on 2 cores, later starts read the cached result in seconds)")
+
+
+def ir_dir(backbone: Backbone, cache_dir, weights_digest: str | None = None) -> Path:
+    """Where the encoder's IR for this backbone is (or will be) cached: <cache_dir>/openvino/<key>."""
+    return Path(cache_dir).expanduser() / "openvino" / backbone_key(backbone, weights_digest)
+
+
+def is_converted(directory: Path) -> bool:
+    return (directory / "encoder.xml").is_file() and (directory / "encoder.bin").is_file()
+
+
+def cached_ir(backbone: Backbone, cache_dir, weights_digest: str | None = None, progress=None) -> tuple[Path, dict]:
     """The encoder's IR for this backbone: converted and saved on the first call, read from the cache later.
-    Returns (path of encoder.xml, info: {"key", "converted": bool, "convert_s"})."""
-    ov = _import_openvino()
-    key = backbone_key(backbone)
-    directory = Path(cache_dir or cache_root() / "openvino") / key
+    progress(text) is told before a conversion starts. Returns (path of encoder.xml, info: {"key", "converted":
+    bool, "convert_s"})."""
+    ov = require_openvino()
+    directory = ir_dir(backbone, cache_dir, weights_digest)
+    key = directory.name
     xml = directory / "encoder.xml"
-    if xml.is_file() and (directory / "encoder.bin").is_file():
+    if is_converted(directory):
         return xml, {"key": key, "converted": False, "convert_s": 0.0}
+    if progress is not None:
+        progress(CONVERTING)
     t = time.perf_counter()
     model = convert_openvino(backbone)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -182,12 +174,12 @@ class OpenVINOEngine:
 
     name = "openvino"
 
-    def __init__(self, backbone: Backbone, cache_dir: Path | None = None, release: bool = True,
-                 precision: str = "fp32"):
-        ov = _import_openvino()
+    def __init__(self, backbone: Backbone, cache_dir, release: bool = True, precision: str = "fp32",
+                 weights_digest: str | None = None, progress=None):
+        ov = require_openvino()
         self.check(precision)  # before converting anything
         self.config = backbone.config
-        self.xml, self.info = cached_ir(backbone, cache_dir)
+        self.xml, self.info = cached_ir(backbone, cache_dir, weights_digest, progress)
         self.core = ov.Core()
         self._compiled, self._requests, self._lock = {}, {}, threading.Lock()
         t = time.perf_counter()
@@ -230,64 +222,21 @@ class OpenVINOEngine:
         return encoding_from_tokens(image_feature, patch_tokens, proj_tokens, self.config.avg_kernels)
 
 
-def make_engine(name: str, backbone: Backbone, device: torch.device, precision: str = "fp32", **kw):
+def make_engine(name: str, backbone: Backbone, device: torch.device, precision: str = "fp32", *, cache_dir=None,
+                weights_digest: str | None = None, progress=None, **kw):
     """name ("torch" | "openvino") -> engine for this backbone on this device, ready for `precision` (OpenVINO
-    compiles it now; another precision is compiled when first asked for). Raises EngineError.
-    The OpenVINO engine is kept on the backbone (`backbone.openvino_engine`) and re-used by later calls."""
-    check_engine(name)
+    converts once into cache_dir/openvino and compiles now; another precision is compiled when first asked for).
+    Raises EngineError. The OpenVINO engine is kept on the backbone (`backbone.openvino_engine`) and re-used by
+    later calls."""
+    device = torch.device(device)
+    engine_runs(name, precision, device)
     if name == "torch":
-        return TorchEngine(backbone, device)
-    if device.type != "cpu":
-        raise EngineError(f"the OpenVINO engine runs on the CPU, not {device.type} (use --engine torch there)")
+        return TorchEncoder(backbone, device)
     engine = getattr(backbone, "openvino_engine", None)
     if engine is None:  # one per backbone: detectors sharing a backbone share its compiled encoder
-        engine = backbone.openvino_engine = OpenVINOEngine(backbone, precision=precision, **kw)
+        if cache_dir is None:
+            raise EngineError("the OpenVINO engine needs a cache directory for its converted encoder (cache_dir; "
+                              "Settings.cache_dir, i.e. $MRAD_CACHE_DIR)")
+        engine = backbone.openvino_engine = OpenVINOEngine(backbone, cache_dir, precision=precision,
+                                                           weights_digest=weights_digest, progress=progress, **kw)
     return engine
-
-
-FACTS = Path(__file__).with_name("engine_facts.json")  # written by `python bench/bench.py --record`
-
-
-def cpu_class() -> str:
-    """The CPU feature level that decides reduced-precision speed: amx, avx512_bf16, avx512, avx2 or other."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    for name, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
-        if flag in flags:
-            return name
-    return "other"
-
-
-def recorded_facts(path: Path | None = None) -> dict:
-    """{cpu class: [{"engine", "precision", "three_variants_s", "max_abs_map_diff", "min_map_correlation",
-    "within_bounds"}, ...]}, as measured by bench/bench.py on the parity fixture; {} when none are recorded."""
-    try:
-        return json.loads(Path(path or FACTS).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def resolve_auto(device, engine: str | None = None, facts: dict | None = None) -> tuple[str, str]:
-    """`--precision auto` -> (engine, precision): the fastest pair the benchmark recorded inside the bounds (maps
-    within 1e-2 max abs and correlation >= 0.999 of fp32 on the parity fixture) for this CPU class, among the
-    engines installed (only `engine`'s precisions when one is given). On CUDA: fp16 autocast. A CPU class without
-    recorded facts gets what is exact: OpenVINO fp32 where installed, else PyTorch's measured default."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "torch", "fp16"
-    usable = {"torch"} | ({"openvino"} if openvino_available() else set())
-    if engine is not None:
-        usable &= {check_engine(engine)}
-        if not usable:
-            _import_openvino()  # raises the clear "not installed" error
-    rows = (recorded_facts() if facts is None else facts).get(cpu_class(), [])
-    inside = [r for r in rows if r.get("within_bounds") and r["engine"] in usable]
-    if inside:
-        best = min(inside, key=lambda r: r["three_variants_s"])
-        return best["engine"], best["precision"]
-    if "openvino" in usable:
-        return "openvino", "fp32"
-    from .detector import fast_precision
-    return "torch", fast_precision(device)

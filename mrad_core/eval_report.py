@@ -17,7 +17,6 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 from .eval_analysis import POOLED, EvalAnalysis
 from .config import VARIANTS
@@ -100,36 +99,12 @@ class EvalReport:
                 "n_images": len(self.images), **{k: v for k, v in self.info.items() if k != "variants"}}
 
 
-class ChunkScorer:
-    """A stand-in for the Detector that evaluate_samples / evaluate() use, for callers that run the model part
-    elsewhere (the app's GPU calls): `score(pixels (B, 3, S, S) float tensor, variants) -> {variant: Result}` is
-    called once per batch, so each image is still encoded once for all variants."""
-
-    def __init__(self, score, image_size: int = 518, variants=VARIANTS):
-        self.config = SimpleNamespace(image_size=image_size)
-        self.variants = tuple(variants)  # evaluate_samples sets the ones it evaluates
-        self._score, self._batch, self._results = score, None, {}
-
-    def require(self, variant: str):
-        if variant not in VARIANTS:
-            raise MRADError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-
-    def encode(self, pixels):
-        return pixels  # the "encoding" is the batch itself: score() runs the model once for every variant
-
-    def score(self, pixels, variant: str):
-        if pixels is not self._batch:
-            self._batch, self._results = pixels, self._score(pixels, list(self.variants))
-        if variant not in self._results:
-            raise MRADError(f"{variant_name(variant)} did not run on these images")
-        return self._results[variant]
-
-
 def evaluate_samples(detector, samples, variants=VARIANTS, *, progress=None, out_dir=None, workdir=None,
                      false_alarm_rate: float = 0.05, gallery: int = 3, batch_size: int = 8,
                      max_images: int = MAX_IMAGES) -> EvalReport:
-    """Evaluate labelled images with `detector`: a mrad_core Detector, or a ChunkScorer that runs the model part
-    of each batch through a function (the app's GPU calls).
+    """Evaluate labelled images with `detector`: a mrad_core Detector, or the app's service.Scorer (the model part
+    of each batch through the page's GPU calls); anything with `config.image_size`, `require(variant)` and
+    `score_batch(pixels, variants) -> {variant: Result}`.
 
     samples: a LabelledSet, a ZIP or folder path, or [(image, label[, mask])] (see labelled.py; at most
     `max_images` of them are read).
@@ -146,8 +121,6 @@ def evaluate_samples(detector, samples, variants=VARIANTS, *, progress=None, out
         raise MRADError("choose at least one variant")
     for v in variants:
         detector.require(v)
-    if isinstance(detector, ChunkScorer):
-        detector.variants = variants
     if isinstance(samples, LabelledSet):
         return _evaluate(detector, samples, variants, progress, out_dir, workdir, false_alarm_rate, gallery,
                          batch_size)
@@ -170,9 +143,15 @@ def _evaluate(detector, labelled, variants, progress, out_dir, workdir, false_al
 
     last = [0.0]
 
+    done_before = [0]
+
     def scored(done, total):
-        last[0] = 0.9 * done / total
+        last[0], done_before[0] = 0.9 * done / total, done
         say(last[0], f"scored {done} of {total} images")
+
+    if getattr(detector, "per_image", False) and progress is not None:  # a Scorer: per image, inside each batch
+        detector.on_image = lambda k, size: say(0.9 * min(done_before[0] + k, n) / n,
+                                                f"encoded image {min(done_before[0] + k, n)} of {n}")
 
     def on_class(cls, *args):  # evaluate() goes class by class: plots are drawn between the classes' batches
         say(last[0], f"thresholds and plots for {cls}")

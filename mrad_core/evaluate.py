@@ -40,8 +40,8 @@ def _spec(n_variants: int, size: int) -> dict:
 
 def _outputs(detector, variants, batch) -> dict:
     """One batch -> per image: scores (V,) and smoothed maps (V, S, S) of every variant, from ONE encoding."""
-    enc = detector.encode(batch["pixels"])
-    results = [detector.score(enc, v) for v in variants]
+    out = detector.score_batch(batch["pixels"], variants)
+    results = [out[v] for v in variants]
     return {"index": batch["index"], "label": batch["label"],
             "score": torch.from_numpy(np.stack([r.score for r in results], 1)).float(),
             "map": torch.from_numpy(np.stack([r.map for r in results], 1)).float(),
@@ -63,7 +63,9 @@ def overlay(image_path, amap: np.ndarray, mask: np.ndarray) -> Image.Image:
 
 def evaluate(detector, records, variants, *, batch_size: int = 8, workers: int = 0, shard: Shard = Shard(),
              progress: bool = True, overlay_dir=None, overlays: int = 0, on_class=None, on_progress=None):
-    """-> (rank 0) {"metrics": {variant: {"classes": {cls: {metric: value, n_images, n_anomalous}},
+    """detector: anything with `config.image_size`, `require(variant)` and `score_batch(pixels, variants) ->
+    {variant: Result}` (a Detector, or the app's service.Scorer that runs the model part through its GPU calls).
+    -> (rank 0) {"metrics": {variant: {"classes": {cls: {metric: value, n_images, n_anomalous}},
     "mean": {metric: value}}}, "images": [{"path", "cls_name", "label", "scores": {variant: score}}]};
     None on the other ranks. Metric values are fractions (NaN where undefined).
 

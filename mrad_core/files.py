@@ -7,8 +7,15 @@ rename it into place in one step (os.replace); on an error the temporary file is
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def safe_name(text, default: str = "x", limit: int | None = None) -> str:
+    """A file-name-safe version of a name (letters, digits, '_', '.', '-'), at most `limit` characters."""
+    safe = re.sub(r"[^\w.-]+", "_", str(text).strip())[:limit].strip("._")
+    return safe or default
 
 
 @contextmanager

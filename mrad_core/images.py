@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .config import OPENAI_MEAN, OPENAI_STD
 from .errors import MRADError
 
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})  # lower case
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; the app takes MRAD_MAX_PIXELS (settings.py)
 MIN_SIDE = 14  # one ViT patch
 

@@ -17,7 +17,6 @@ archive, no labels, nothing usable, only good images, only defective images with
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import zipfile
@@ -26,9 +25,9 @@ from pathlib import Path, PurePosixPath
 
 from .datasets import Record
 from .errors import MRADError
-from .images import ImageError, load_image, load_mask
+from .files import safe_name
+from .images import IMAGE_EXTENSIONS, ImageError, load_image, load_mask
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 # default limit per evaluation (read_labelled(max_images=...) for another): evaluate() holds one class's maps,
 # 1 MB per image and variant at 518 px, so 500 images of one class with three variants take about 1.5 GB
 MAX_IMAGES = 500
@@ -76,10 +75,6 @@ class _Item:
     defect: str
     stem: str  # pairing key (a mask's stem without "_mask")
     ext: str
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", text).strip("._") or "x"
 
 
 def _key(stem: str) -> str:
@@ -161,7 +156,7 @@ def read_labelled(source, workdir=None, max_images: int = MAX_IMAGES) -> Labelle
     else:
         raise MRADError(f"{path}: no such file or folder")
     try:
-        return _from_members(members, _safe(path.stem), workdir, max_images)
+        return _from_members(members, safe_name(path.stem), workdir, max_images)
     finally:
         if archive is not None:
             archive.close()
@@ -176,7 +171,7 @@ def _from_members(members, default_cls: str, workdir, max_images: int) -> Labell
         if ".." in name.replace("\\", "/").split("/") or name.startswith(("/", "\\")) or ":" in name:
             errors.append((name, "skipped: an absolute path or '..' in the archive"))
             continue
-        if PurePosixPath(base).suffix.lower() not in IMAGE_EXTS:
+        if PurePosixPath(base).suffix.lower() not in IMAGE_EXTENSIONS:
             errors.append((name, "skipped: not an image file"))
             continue
         visible.append((name, read))
@@ -226,9 +221,9 @@ def _extract(items, errors, layout, workdir, max_images) -> LabelledSet:
                 if it.label == 0:
                     errors.append((mask_item.name, "ignored: a mask for a good image"))
                     mask_item = None
-            folder = root / _safe(it.cls) / "test" / _safe(it.defect if it.label else "good")
+            folder = root / safe_name(it.cls) / "test" / safe_name(it.defect if it.label else "good")
             folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"{len(records):05d}_{_safe(it.stem)}{it.ext}"
+            target = folder / f"{len(records):05d}_{safe_name(it.stem)}{it.ext}"
             try:
                 target.write_bytes(it.read())
                 load_image(target)
@@ -238,7 +233,7 @@ def _extract(items, errors, layout, workdir, max_images) -> LabelledSet:
                 continue
             mask_path = None
             if mask_item is not None:
-                mfolder = root / _safe(it.cls) / "ground_truth" / _safe(it.defect)
+                mfolder = root / safe_name(it.cls) / "ground_truth" / safe_name(it.defect)
                 mfolder.mkdir(parents=True, exist_ok=True)
                 mask_path = mfolder / f"{target.stem}_mask{mask_item.ext}"
                 try:

@@ -7,6 +7,8 @@ per variant, images (H, W, 3) uint8, masks (H, W) bool.
 """
 from __future__ import annotations
 
+import textwrap
+
 from pathlib import Path
 
 import numpy as np
@@ -144,21 +146,25 @@ def histogram_figure(labels, scores: dict, thresholds: dict, title: str, bins: i
 
 def gallery_figure(rows: list, title: str) -> Figure:
     """Rows of dict(image (H, W, 3) uint8, overlay (H, W, 3) uint8, mask (H, W) bool, caption str) -> a
-    3-column figure: image | overlay | ground-truth mask, the caption above each row."""
+    3-column figure: image | overlay | ground-truth mask, each row under its caption on a line of its own (a row
+    is a sub-figure, so the caption never runs into the panels' headings)."""
     n = max(1, len(rows))
-    fig = Figure(figsize=(9, 2.7 * n + 0.4), layout="constrained")
-    axes = fig.subplots(n, 3, squeeze=False)
+    fig = Figure(figsize=(9, 3.0 * n + 0.5), layout="constrained")
     fig.suptitle(title)
     if not rows:
-        for ax in axes[0]:
+        axes = fig.subplots(1, 3)
+        for ax in axes:
             ax.set_axis_off()
-        _note(axes[0][1], "no images to show")
+        _note(axes[1], "no images to show")
         return fig
-    for row, (a_img, a_ovl, a_mask) in zip(rows, axes):
+    for row, sub in zip(rows, fig.subfigures(n, 1, squeeze=False)[:, 0]):
+        sub.suptitle(textwrap.shorten(row["caption"], 110, placeholder=" …"), x=0.01, ha="left", fontsize=9,
+                     fontweight="bold")
+        a_img, a_ovl, a_mask = sub.subplots(1, 3)
         a_img.imshow(row["image"])
         a_ovl.imshow(row["overlay"])
         a_mask.imshow(np.asarray(row["mask"], dtype=np.uint8), cmap="gray", vmin=0, vmax=1)
-        a_img.set_title(row["caption"], loc="left", fontsize=9)
+        a_img.set_title("image", fontsize=9)
         a_ovl.set_title("anomaly map", fontsize=9)
         a_mask.set_title("ground truth" if np.asarray(row["mask"]).any() else "ground truth (empty)", fontsize=9)
         for ax in (a_img, a_ovl, a_mask):

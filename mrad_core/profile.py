@@ -5,7 +5,7 @@ Per variant, from the scores and maps of the normal images (5–50 of one produc
     pixel_threshold = numpy.quantile(all normal map pixels, 1 - rate)
     pixel_median    = numpy.median(all normal map pixels)             a typical normal pixel
 The calibrated map scale (`calibrated_map`) is the same for every variant: 0 = pixel_median, 1 = pixel_threshold.
-An image is anomalous when its score is above the image threshold (strictly).
+An image is anomalous when its score reaches the image threshold (score >= threshold: records.is_anomalous).
 
 File (`Profile.save` / `Profile.load`, format "mrad-profile/1"):
     {"format", "name", "rate", "created", "images": [names], "bank": {"image": ID, "patch": ID}, "heads": ID|null,
@@ -167,7 +167,7 @@ def tensor_digest(*tensors) -> str:
 def identity(obj, path=None) -> dict:
     """{"name", "sha256", "digest_of"} of a bank or heads: of its file when `path` is given, else of its tensors."""
     if path:
-        from .hub import file_sha256
+        from .artefacts.digest import file_sha256  # verdicts cached in the default cache (not worth a setting)
         return {"name": Path(path).name, "sha256": file_sha256(path), "digest_of": "file"}
     if hasattr(obj, "keys") and hasattr(obj, "values") and isinstance(obj.keys, torch.Tensor):
         return {"name": obj.source, "sha256": tensor_digest(obj.keys, obj.values), "digest_of": "tensors"}
@@ -178,7 +178,7 @@ def identity(obj, path=None) -> dict:
 
 def setup_identity(detector, paths: dict | None = None) -> dict:
     """{"bank": {"image": ID, "patch": ID}, "heads": ID or None} of a detector. paths: {"image_bank", "patch_bank",
-    "heads"} files (default: those it was loaded from, when loading.load_detector made it; banks swapped in by
+    "heads"} files (default: those it was loaded from, when artefacts.load_detector made it; banks swapped in by
     Detector.with_banks are identified by their tensors)."""
     if paths is None:
         paths = dict(getattr(getattr(detector, "delivery", None), "paths", None) or {})

@@ -11,16 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import viz
-from .config import VARIANTS
+from .config import VARIANTS, variant_name as name  # noqa: F401  (records.name: the display name)
 
-NAMES = {"tf": "MRAD-TF", "ft": "MRAD-FT", "clip": "MRAD-CLIP"}
 # the fields of one variant's record, in order (JSON keys, CSV columns)
 FIELDS = ("score", "anomalous", "image_prob", "map_top", "defect_area_percent", "latency_ms")
-
-
-def name(variant: str) -> str:
-    """Display name of a variant key ("tf" -> "MRAD-TF")."""
-    return NAMES.get(variant, variant)
 
 
 def is_anomalous(score, threshold):

@@ -1,7 +1,7 @@
 """The model holder for servers (the Gradio app): settings, the lazy backbone, one Detector per source, status, and
 `analyze()` — one image encoded once and scored by each chosen variant.
 
-    service = Service()                                   # cheap: nothing is loaded yet (settings from the environment)
+    service = Service(Settings.from_env())                # cheap: nothing is loaded yet
     a = service.analyze("part.png", ["tf", "ft", "clip"], source="visa")
     a.outputs["ft"].score, a.outputs["ft"].map            # records.VariantOutput per variant
 
@@ -23,17 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import viz
+from . import runtime, viz
+from .artefacts.digest import file_sha256
+from .artefacts.resolve import backbone_file
 from .backbone import Backbone
 from .calibration import Calibrator
 from .catalogue import SOURCE_LABELS, Catalogue, build_banks
 from .config import DEFAULT, VARIANTS
-from . import engines
-from .detector import PRECISIONS, Detector, resolve_device, synchronize
+from .detector import Detector, check_variant
 from .errors import MRADError, first_line
 from .images import load_image, preprocess
 from .lru import LRU
 from .records import Analysis, VariantOutput, name
+from .runtime import synchronize
+from .scorer import Scorer
 from .settings import Settings
 
 log = logging.getLogger("mrad.service")
@@ -55,18 +58,16 @@ class Service:
     ("encode": images encoded, "score": variant runs), so tests can prove that re-renders run no model."""
 
     def __init__(self, settings: Settings | None = None, **overrides):
-        self.settings = settings or Settings.from_env(**overrides)
-        s = self.settings
+        """settings: the app's Settings (built once at start by the app factory); None = Settings.from_env(
+        **overrides), for scripts and tests."""
+        self.settings = s = settings or Settings.from_env(**overrides)
         self.config = replace(DEFAULT, model_name=s.model)
-        self.device = resolve_device(s.device)
-        if s.engine is not None:
-            engines.check_engine(s.engine)
-        if s.precision == "auto":  # the fastest engine and precision inside the accuracy bounds (bench/bench.py)
-            self.engine, self.precision = engines.resolve_auto(self.device, s.engine)
-        else:
-            self.engine, self.precision = s.engine or "torch", s.precision
-        if self.precision not in PRECISIONS:
-            raise MRADError(f"MRAD_PRECISION must be one of {', '.join(PRECISIONS)} or auto, not {s.precision!r}")
+        # the app's entry in runtime.ENTRY_DEFAULTS (auto: the fastest engine and precision inside the bounds)
+        try:
+            self.runtime = runtime.resolve("app", s.device, s.engine, s.precision, visible_devices=s.visible_devices)
+        except MRADError as e:
+            raise MRADError(f"the app's MRAD_DEVICE / MRAD_ENGINE / MRAD_PRECISION: {e}") from None
+        self.device, self.engine, self.precision = self.runtime.device, self.runtime.engine, self.runtime.precision
         self.workdir = Path(tempfile.mkdtemp(prefix="mrad-app-"))  # batch outputs, CSVs, custom banks
         weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
         self.catalogue = Catalogue(s, self.workdir)
@@ -80,14 +81,25 @@ class Service:
 
     # ------------------------------------------------------------------ status
     def status(self) -> str:
-        return (f"{self._status} · device {self.device.type.upper()} · engine {self.engine} · precision "
-                f"{self.precision}")
+        since = getattr(self, "_since", None)
+        busy = since is not None and not self._status.startswith(("ready", "idle"))
+        elapsed = f" ({time.monotonic() - since:.0f} s so far)" if busy else ""
+        return f"{self._status}{elapsed} · {self.runtime.describe()}"
 
     def set_status(self, text: str):
-        self._status = text
+        self._status, self._since = text, time.monotonic()
+
+    def _encoder_stage(self) -> str:
+        """What preparing the image encoder involves with this engine (said while a detector loads)."""
+        if self.engine != "openvino":
+            return ""
+        return ("; then the image encoder for OpenVINO: the first time for this backbone it is converted for this "
+                "CPU and cached (3–4 minutes on a 2-core CPU, once per backbone; later starts read the cache in "
+                "seconds)")
 
     def _ready(self):
-        self.set_status("ready (" + ", ".join(SOURCE_LABELS[k[0]].split(" (")[0] for k in self._detectors) + ")")
+        loaded = dict.fromkeys(SOURCE_LABELS[k[0]].split(" (")[0] for k in self._detectors)  # each source once
+        self.set_status("ready (" + ", ".join(loaded) + ")")
 
     def tidy(self, max_age: float = 7200):
         """Delete work files older than `max_age` seconds (the UI has long since fetched them)."""
@@ -105,9 +117,8 @@ class Service:
         """Why the backbone cannot load right now without a download, or None when it is here. Loads nothing."""
         if self._backbone is not None or self.settings.files.get("backbone"):
             return None
-        from . import hub
         try:
-            hub.backbone_weights(self.settings.model, self.config.pretrained, allow_download=False)
+            backbone_file(None, self.settings.model, self.settings.artefacts, allow_download=False)
         except MRADError as e:
             return str(e)
         return None
@@ -119,10 +130,9 @@ class Service:
                 path = self.settings.files.get("backbone")
                 try:
                     if not path:
-                        from . import hub
                         self.set_status("locating / downloading the CLIP backbone (first use, about 1.7 GB) …")
-                        path = hub.backbone_weights(self.settings.model, self.config.pretrained,
-                                                    allow_download=self.settings.download)
+                        path = backbone_file(None, self.settings.model, self.settings.artefacts,
+                                             allow_download=self.settings.download)
                     self.set_status(f"loading the CLIP backbone {Path(path).name if path else self.settings.model} …")
                     self._backbone = Backbone.load(path, self.config)
                 except MRADError as e:  # its message already says what is missing and how to provide it
@@ -143,12 +153,11 @@ class Service:
         with self._lock:
             if key not in self._detectors:
                 backbone = self.backbone()
-                self.set_status(f"loading heads and memory banks: {SOURCE_LABELS[source]} …")
+                self.set_status(f"loading heads and memory banks: {SOURCE_LABELS[source]}"
+                                f"{self._encoder_stage()} …")
                 try:
                     heads, image_bank, patch_bank = self.catalogue.parts(source, bank_id, self._examples_bank)
-                    self._detectors[key] = Detector(backbone, heads, image_bank, patch_bank, device=self.device,
-                                                    precision=self.precision, batch_size=self.settings.batch_size,
-                                                    engine=self.engine)
+                    self._detectors[key] = self._detector(backbone, heads, image_bank, patch_bank)
                     custom = [k for k in self._detectors if k[0] == "custom"]
                     for old in custom[:-KEPT_CUSTOM_DETECTORS]:  # every taught edit is a bank: keep the recent ones
                         del self._detectors[old]
@@ -158,10 +167,23 @@ class Service:
             self._ready()
             return self._detectors[key]
 
+    def _detector(self, backbone, heads=None, image_bank=None, patch_bank=None) -> Detector:
+        """A Detector on the shared backbone with this service's engine (converted once per backbone file)."""
+        path = backbone.weights_path
+        digest = file_sha256(path, self.settings.cache_dir) if path and Path(path).is_file() else None
+        encoder = runtime.make_encoder(self.runtime, backbone, cache_dir=self.settings.cache_dir,
+                                       weights_digest=digest, progress=self.set_status)
+        return Detector(backbone, heads, image_bank, patch_bank, device=self.device, precision=self.precision,
+                        batch_size=self.settings.batch_size, engine=encoder)
+
     def encoder(self) -> Detector:
         """A Detector without banks: encodes only (bank building)."""
-        return Detector(self.backbone(), device=self.device, precision=self.precision, engine=self.engine,
-                        batch_size=self.settings.batch_size)
+        return self._detector(self.backbone())
+
+    def scorer(self, source: str, bank_id=None, call=None, per_image: bool = True) -> Scorer:
+        """The model seam of a source for batch, evaluate, teach and profile (see scorer.py); `call` is the page's
+        GPU-call proxy of batch.score_chunk, None = in this process."""
+        return Scorer(self, source, bank_id, call, per_image)
 
     def _examples_bank(self):
         images, masks, ids = self.catalogue.example_images()
@@ -202,12 +224,8 @@ class Service:
         if unknown or not variants:
             raise MRADError(f"choose at least one variant of {', '.join(name(v) for v in VARIANTS)}"
                             + (f" (unknown: {', '.join(map(str, unknown))})" if unknown else ""))
-        skipped = {}
-        for v in variants:
-            try:
-                det.require(v)
-            except MRADError as e:
-                skipped[v] = str(e)
+        available = det.availability()
+        skipped = {v: check_variant(v, available) for v in variants if check_variant(v, available)}
         run = [v for v in VARIANTS if v in variants and v not in skipped]
         if not run:
             raise MRADError("none of the chosen variants can run with this memory bank: " + "; ".join(skipped.values()))
@@ -218,13 +236,15 @@ class Service:
         """Calibration levels belong to a source (each custom bank is one)."""
         return f"{source}:{bank_id}" if source == "custom" else source
 
-    def calibrations(self, det: Detector, source: str, bank_id, variants, known=None, compute=True) -> dict:
-        """{variant: viz.Calibration or None} of a source; with `compute`, the missing ones are computed now.
-        `known`: levels the session carried from an earlier call (e.g. from another ZeroGPU worker)."""
+    def calibrations(self, det: Detector, source: str, bank_id, variants, known=None, compute=True,
+                     progress=None) -> dict:
+        """{variant: viz.Calibration or None} of a source; with `compute`, the missing ones are computed now
+        (progress(fraction, text) after each reference image). `known`: levels the session carried from an earlier
+        call (e.g. from another ZeroGPU worker)."""
         key = self.calibration_key(source, bank_id)
         self.calibrator.remember(key, known or {})
         if compute:
-            return self.calibrator.ensure(det, key, variants, self)
+            return self.calibrator.ensure(det, key, variants, self, progress)
         return {v: self.calibrator.get(key, v) for v in variants}
 
     # ------------------------------------------------------------------ one image
@@ -235,7 +255,12 @@ class Service:
         progress(fraction, text) reports the stages. Raises MRADError."""
         progress = progress or _noop
         loaded = load_image(image, self.settings.max_pixels)
-        progress(0.05, "loading the model" if self._backbone is None else "preparing")
+        if (source, bank_id if source == "custom" else None) in self._detectors:
+            progress(0.05, "preparing")
+        else:
+            progress(0.05, "loading the model (the CLIP backbone" + (", downloaded first if missing" if
+                     self._backbone is None else "") + f"), heads and banks{self._encoder_stage()}: see the "
+                     "status line above")
         det = self.detector(source, bank_id)
         run, skipped = self.runnable(det, variants)
         pixels = preprocess(loaded.image, self.config.image_size)[None]
@@ -246,9 +271,8 @@ class Service:
             enc, reused = self.encode_cached(det, pixels)
             synchronize(self.device)
             encode_ms = 0.0 if reused else 1000 * (time.perf_counter() - t0)
-            if calibrate:
-                progress(0.4, "calibrating the map scale on the normal reference images (once per source)")
-            levels = self.calibrations(det, source, bank_id, run, calibrations, compute=calibrate)
+            levels = self.calibrations(det, source, bank_id, run, calibrations, compute=calibrate,
+                                       progress=lambda f, words: progress(0.2 + 0.4 * f, words))
             display = viz.fit(np.asarray(loaded.image))
             outputs = {}
             for i, v in enumerate(run):
@@ -261,18 +285,24 @@ class Service:
                                                        levels.get(v))
         finally:
             self._ready()
-        setup = {"device": self.device.type, "engine": self.engine, "precision": self.precision,
+        setup = {"device": self.device.type, "engine": det.engine.name, "precision": self.precision,
                  "model": Path(self.settings.model).name}
         return Analysis(loaded.name, loaded.notes, display, outputs, skipped, encode_ms, reused, source,
                         SOURCE_LABELS[source], setup)
 
-    def calibrate(self, analysis: Analysis, bank_id=None, calibrations=None) -> Analysis:
-        """The same analysis with the calibrated scale's levels of its variants (computed now where missing)."""
+    def calibrate(self, analysis: Analysis, bank_id=None, calibrations=None, progress=_noop) -> Analysis:
+        """The same analysis with the calibrated scale's levels of its variants (computed now where missing;
+        progress(fraction, text) after each reference image)."""
         if analysis.calibrated or not self.settings.calibration:
             return analysis
         det = self.detector(analysis.source, bank_id)
-        return analysis.with_calibrations(self.calibrations(det, analysis.source, bank_id, list(analysis.outputs),
-                                                            calibrations))
+        self.set_status("calibrating the map scale on the normal reference images …")
+        try:
+            levels = self.calibrations(det, analysis.source, bank_id, list(analysis.outputs), calibrations,
+                                       progress=progress or _noop)
+        finally:
+            self._ready()
+        return analysis.with_calibrations(levels)
 
     # ------------------------------------------------------------------ custom banks
     def build_bank(self, normal, defects=(), bank_name="my bank", progress=_noop) -> tuple:

@@ -91,16 +91,17 @@ def calibrate(service, images, variants, source, bank_id=None, rate=profiles.DEF
     profiles.check_rate(rate)
     for p in images:  # every file checked first: a bad one is named before any model work
         load_image(p, service.settings.max_pixels)
-    det = service.detector(source, bank_id)
-    run, _ = service.runnable(det, variants)
-    return profiles.calibrate(det, [str(p) for p in images], run, rate, name, names=[Path(str(p)).name for p in images])
+    scorer = service.scorer(source, bank_id)
+    run, _ = scorer.plan(variants)
+    return profiles.calibrate(scorer.detector, [str(p) for p in images], run, rate, name,
+                              names=[Path(str(p)).name for p in images])
 
 
 def explain_image(service, image, variants, source, bank_id=None, k: int = 5) -> dict:
     """{"entries": {variant: [{"index", "id", "label", "weight", "thumbnail": (h, w, 3) uint8 or None}]},
     "note": None or why the bank shows no images, "grid": the patch grid size} for one image."""
     det, enc = _encoded(service, image, source, bank_id)
-    run, _ = service.runnable(det, variants)
+    run, _ = service.scorer(source, bank_id).plan(variants)
     bank = det.image_bank
     entries = {}
     for v in run:

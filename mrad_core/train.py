@@ -9,7 +9,10 @@ seed 111. FT stage trains image_proj + patch_proj (seg_loss + image_loss); MRAD-
 annealing to 1e-6 per step. MRAD-CLIP runs 1 FT epoch (constant lr), then 5 epochs training only prompt_learner +
 prompt_proj (FT heads frozen). The backbone is frozen, so each image is encoded ONCE and its features are re-read
 every epoch (the reference re-encodes every image every epoch: same numbers, ~6x the backbone time for MRAD-CLIP).
-Checkpoints after every epoch: heads_epoch{N}.safetensors (and mrad_{variant}_epoch_{N}.pth in the official layout).
+Checkpoints after every epoch: heads_epoch{N}.safetensors (and mrad_{variant}_epoch_{N}.pth in the official layout),
+and the whole training state in checkpoint.safetensors (heads, Adam moments, the schedule, the shuffling generator and
+torch's RNG; written atomically), from which `train(..., resume=True)` continues exactly (losses equal an
+uninterrupted run's).
 """
 from __future__ import annotations
 
@@ -24,11 +27,13 @@ import torch
 from tqdm import tqdm
 
 from .bank import BankBuilder, MemoryBank
+from .files import sync
 from .errors import MRADError
 from .heads import Heads
 from .losses import Features, clip_losses, ft_losses, ft_probs
 
 TRAIN_VARIANTS = ("ft", "clip")
+CHECKPOINT = "checkpoint.safetensors"  # the training state after the last finished epoch
 PROMPTS = ("object.", "damaged object.")  # after the n_ctx "X" placeholders: normal (`_pos`), anomalous (`_neg`)
 
 
@@ -199,6 +204,66 @@ def save_checkpoint(heads: Heads, path, official_path=None, **meta):
         os.replace(tmp, official_path)
 
 
+def _optimizer_tensors(prefix: str, opt) -> tuple[dict, dict]:
+    """An optimizer's state_dict -> (tensors, JSON-able rest): no pickle."""
+    state = opt.state_dict()
+    tensors, rest = {}, {"param_groups": state["param_groups"], "state": {}}
+    for idx, entry in state["state"].items():
+        rest["state"][str(idx)] = {}
+        for k, v in entry.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{prefix}.{idx}.{k}"] = v.detach().cpu().clone().contiguous()
+                rest["state"][str(idx)][k] = None
+            else:
+                rest["state"][str(idx)][k] = v
+    return tensors, rest
+
+
+def _optimizer_state(prefix: str, tensors: dict, rest: dict) -> dict:
+    state = {int(idx): {k: (tensors[f"{prefix}.{idx}.{k}"] if v is None else v) for k, v in entry.items()}
+             for idx, entry in rest["state"].items()}
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_training_state(path, *, heads: Heads, optimizers: dict, scheduler, generator, epoch: int, history: list,
+                        config: "TrainConfig", n_images: int):
+    """The whole training state at the end of `epoch` -> one safetensors file (state in its JSON metadata),
+    written under a temporary name, synced, then renamed into place: a crash leaves the previous state or this one."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {f"heads.{k}": v.detach().cpu().clone().contiguous() for k, v in heads.state_dict().items()}
+    opt_rest = {}
+    for name, opt in optimizers.items():
+        if opt is not None:
+            t, opt_rest[name] = _optimizer_tensors(f"optimizer.{name}", opt)
+            tensors.update(t)
+    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    state = {"epoch": epoch, "history": history, "config": json.loads(json.dumps(asdict(config))),
+             "n_images": n_images, "optimizers": opt_rest,
+             "scheduler": scheduler.state_dict() if scheduler is not None else None}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"mrad_training_state": json.dumps(state)})
+    sync(tmp)
+    os.replace(tmp, path)
+
+
+def load_training_state(path) -> tuple[dict, dict]:
+    """-> (tensors, state) as saved by save_training_state."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            state = json.loads(f.metadata()["mrad_training_state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise MRADError(f"{path}: not a training checkpoint of mrad train ({e})")
+    return tensors, state
+
+
 class TrainLog:
     """Lines to the log file (with a timestamp) and to the console (through tqdm, so bars stay intact)."""
 
@@ -213,9 +278,13 @@ class TrainLog:
 
 
 def train(heads: Heads, backbone, store: FeatureStore, image_bank, patch_bank, config: TrainConfig, out,
-          device="cpu", progress: bool = True, meta: dict | None = None) -> list[dict]:
-    """Train `heads` in place with the reference recipe; checkpoint after every epoch into `out`.
-    Returns one summary per epoch: {epoch, stage, lr, mean losses, seconds}."""
+          device="cpu", progress: bool = True, meta: dict | None = None, resume: bool = False,
+          on_epoch=None) -> list[dict]:
+    """Train `heads` in place with the reference recipe; checkpoint after every epoch into `out` (heads_epoch{N}
+    and the training state, CHECKPOINT). With resume, continue from `out`/CHECKPOINT when there is one (the same
+    config and number of images; else MRADError): the epochs after it give the losses of an uninterrupted run.
+    `on_epoch(summary)` is called after each epoch's checkpoint. Returns one summary per epoch (the resumed ones
+    too): {epoch, stage, lr, mean losses, seconds}."""
     cfg, out = config, Path(out)
     if cfg.variant == "clip" and not heads.has_clip:
         raise MRADError("MRAD-CLIP training needs heads with a prompt learner (init_heads, or a CLIP checkpoint)")
@@ -237,8 +306,34 @@ def train(heads: Heads, backbone, store: FeatureStore, image_bank, patch_bank, c
                                  betas=cfg.betas) if cfg.variant == "clip" else None)
     log(f"train MRAD-{cfg.variant.upper()}: {n} images, {steps} steps/epoch, {cfg.epochs} epoch(s), "
         f"{json.dumps(asdict(cfg))}")
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
+    history, first = [], 1
+    checkpoint = out / CHECKPOINT
+    if resume and checkpoint.is_file():
+        tensors, state = load_training_state(checkpoint)
+        want = json.loads(json.dumps(asdict(cfg)))
+        diff = [k for k in sorted(set(want) | set(state["config"]))
+                if k != "official" and want.get(k) != state["config"].get(k)]
+        if diff or state["n_images"] != n:
+            what = ", ".join(f"{k} {state['config'].get(k)} -> {want.get(k)}" for k in diff)
+            if state["n_images"] != n:
+                what = ", ".join(filter(None, [what, f"images {state['n_images']} -> {n}"]))
+            raise MRADError(f"{checkpoint} was made by another training run ({what}); resume with the same options, "
+                            "or train into another --out")
+        heads.load_state_dict({k[len("heads."):]: v for k, v in tensors.items() if k.startswith("heads.")})
+        for name, opt in (("ft", ft_opt), ("clip", clip_opt)):
+            if opt is not None and name in state["optimizers"]:
+                opt.load_state_dict(_optimizer_state(f"optimizer.{name}", tensors, state["optimizers"][name]))
+        if sched is not None and state["scheduler"] is not None:
+            sched.load_state_dict(state["scheduler"])
+        gen.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        history, first = list(state["history"]), state["epoch"] + 1
+        log(f"resumed from {checkpoint} after epoch {state['epoch']}/{cfg.epochs}")
+    elif resume:
+        log(f"no {checkpoint} yet: starting from the first epoch")
+    for epoch in range(first, cfg.epochs + 1):
         stage = "ft" if epoch <= cfg.ft_epochs else "clip"
         for p in ft_params:  # FT heads are frozen in the CLIP stage
             p.requires_grad_(stage == "ft")
@@ -270,8 +365,12 @@ def train(heads: Heads, backbone, store: FeatureStore, image_bank, patch_bank, c
         name = f"mrad_{cfg.variant}_epoch_{epoch}.pth" if cfg.official else None
         save_checkpoint(heads, out / f"heads_epoch{epoch}.safetensors", out / name if name else None,
                         provenance=json.dumps({**(meta or {}), **asdict(cfg), "epoch": epoch, "stage": stage}))
+        save_training_state(checkpoint, heads=heads, optimizers={"ft": ft_opt, "clip": clip_opt}, scheduler=sched,
+                            generator=gen, epoch=epoch, history=history, config=cfg, n_images=n)
         log(f"epoch {epoch}/{cfg.epochs} [{stage}] lr {summary['lr']:.2e}, " + ", ".join(
             f"{k} {v:.4f}" for k, v in summary.items() if k.endswith("loss")) + f", {summary['seconds']} s")
+        if on_epoch is not None:
+            on_epoch(summary)
     final = out / "heads.safetensors"
     save_checkpoint(heads, final, out / f"mrad_{cfg.variant}_final.pth" if cfg.official else None,
                     provenance=json.dumps({**(meta or {}), **asdict(cfg), "epoch": cfg.epochs}))

@@ -64,6 +64,6 @@ def parity_backbone(parity_dir):
 
 @pytest.fixture(scope="session")
 def parity_detector(parity_dir, parity_backbone):
-    from mrad_core.loading import load_detector
+    from mrad_core.artefacts.resolve import load_detector
     return load_detector(parity_backbone, parity_dir / "heads_official.pth", parity_dir / "cache_model_fixture.pt",
                          parity_dir / "cache_patch_model_fixture.pt", device="cpu")

@@ -4,7 +4,8 @@
 a fault: ("quota", _) Drive's quota HTML page (("quota429", _): the same with HTTP 429); ("virus", data) Drive's "can't scan this file for viruses" page
 whose download form (action /download, hidden id/export/confirm/uuid inputs, as drive.usercontent.google.com
 sends it) leads to `data`; ("truncated", data) announces len(data) bytes, sends half and hangs up;
-("slow", data) sends `data` in 8 pieces, 0.15 s apart. Use with MRAD_DRIVE_URL=f"{server.url}/{{id}}".
+("slow", data) sends `data` in 8 pieces, 0.15 s apart. Use with ArtefactOptions(drive_url=f"{server.url}/{{id}}")
+(or MRAD_DRIVE_URL for the CLI).
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from served_app import launch, served_tiny
+from sse import complete_data
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -48,7 +49,7 @@ def test_predict_needs_only_the_image(served, tiny_files):
         "_type": "gradio.FileData"}}]}).json()["event_id"]
     text = httpx.get(f"{url}gradio_api/call/predict/{event}", timeout=120).text
     assert "event: complete" in text, text
-    result = __import__("json").loads(text.split("data: ", 1)[1].splitlines()[0])[0]
+    result = complete_data(text)[0]
     assert set(result["variants"]) == {"tf", "ft", "clip"} and result["image"] == "query_1.png"
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from drive_server import StandInDrive
 from served_app import launch
-from mrad_core import hub, registry
+from mrad_core.artefacts import hub, registry
 from test_drive import ID, digests, official  # noqa: F401  (the module-scoped fixture of the six authors' files)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from mrad_core.metrics import METRICS, TITLES
 from served_app import CHROMIUM, CHROMIUM_ARGS, served_tiny
+from sse import complete_data
 from synthetic_datasets import evaluated_mvtec_zip
 from tiny_model import synthetic_image
 
@@ -291,5 +292,5 @@ def test_raw_http_call_with_only_the_zip(served, dataset):
         "_type": "gradio.FileData"}}]}).json()["event_id"]
     text = httpx.get(f"{url}gradio_api/call/evaluate/{event}", timeout=300).text
     assert "event: complete" in text, text[:2000]
-    result = json.loads(text.split("data: ", 1)[1].splitlines()[0])[0]
+    result = complete_data(text)[0]
     assert_same_metrics(result["metrics"], dataset[1])

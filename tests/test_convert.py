@@ -13,7 +13,8 @@ import torch
 
 from mrad_core import Detector, Heads, MemoryBank
 from mrad_core.cli import main
-from mrad_core.loading import load_detector
+from mrad_core.artefacts import ArtefactOptions
+from mrad_core.artefacts.resolve import load_detector
 
 
 def sha(path):
@@ -98,13 +99,15 @@ def test_convert_refuses_what_it_cannot_name(official_tiny, tmp_path, capsys):
 
 
 def test_converted_files_in_project_dirs_are_resolved(official_tiny, tiny_files, tmp_path, monkeypatch):
-    """After `mrad convert` with default output, load_detector finds the files without any path."""
+    """After `mrad convert` with default output (the project directory: MRAD_PROJECT_DIR, read by the command),
+    load_detector finds the files without any path (the same project directory in its settings)."""
     monkeypatch.setenv("MRAD_PROJECT_DIR", str(tmp_path))
-    monkeypatch.setenv("MRAD_CACHE_DIR", str(tmp_path / "mrad"))
     for name in ("test_on_mvtec.pth", "cache_model_visa.pt", "cache_patch_model_visa.pt"):
         assert main(["convert", str(official_tiny / name)]) == 0
     assert (tmp_path / "checkpoints" / "mrad_heads_visa.safetensors").is_file()
-    det = load_detector(tiny_files["backbone"], model=tiny_files["model"], device="cpu", download=False)
+    options = ArtefactOptions(project_dir=tmp_path, cache_dir=tmp_path / "mrad", drive_url="off")
+    det = load_detector(tiny_files["backbone"], model=tiny_files["model"], device="cpu", download=False,
+                        options=options)
     assert det.variants == ("tf", "ft", "clip")
     assert [s.origin for s in det.delivery.statuses] == ["explicit", "project", "project", "project"]
     assert det.delivery.paths["image_bank"] == str(tmp_path / "cache" / "mrad_image_bank_visa.safetensors")

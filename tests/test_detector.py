@@ -76,7 +76,7 @@ def test_mismatched_files_are_refused(backbone, banks):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is absent")
 def test_cuda_without_a_gpu_is_a_clear_error(backbone):
-    with pytest.raises(MRADError, match="cannot use a CUDA device.*--device cpu"):
+    with pytest.raises(MRADError, match="cannot use a CUDA device; use cpu"):
         Detector(backbone, device="cuda")
 
 
@@ -89,12 +89,15 @@ def test_bf16_runs_and_stays_close(tiny_files, backbone, banks):
         assert np.abs(bf16[v].map - fp32[v].map).max() < 0.1
 
 
-def test_auto_precision_on_cpu(backbone):
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    # PyTorch's own auto (the engine's facts for this CPU class, else the native-bf16 rule); the engine choice of
-    # precision="auto" without engine= is tested in test_engines.py
-    det = Detector(backbone, device="cpu", precision="auto", engine="torch")
-    assert det.precision == ("bf16-mlp" if native else "fp32") and det.run_info["engine"] == "torch"
+def test_pytorch_auto_follows_native_bf16(monkeypatch):
+    """Without recorded facts or OpenVINO, PyTorch's auto is bf16 MLPs where the CPU has native bf16, else fp32
+    (checked both ways, whatever this machine is)."""
+    from mrad_core import runtime
+    for native, expected in ((True, "bf16-mlp"), (False, "fp32")):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert runtime.fast_precision(torch.device("cpu")) == expected
+        monkeypatch.setattr(runtime, "cpu_class", lambda flags=None: "unrecorded")
+        assert runtime.resolve_auto("cpu", "torch") == ("torch", expected)
 
 
 def test_bf16_mlp_rounds_only_the_mlps(tiny_files, backbone, banks):

@@ -1,6 +1,8 @@
 """The authors' files by Drive file id (drive.py; the resolver's last step) against a stand-in Drive on 127.0.0.1
 (tests/drive_server.py). The served files are the tiny model's heads and banks in the authors' layout, so their
-digests differ from the registry's real table: tests accept them with MRAD_ACCEPT_DIGESTS, as a user would."""
+digests differ from the registry's real table: tests accept them (ArtefactOptions.accept_digests, the setting of
+MRAD_ACCEPT_DIGESTS), as a user would. The library gets its settings as an ArtefactOptions; the CLI reads them
+from the environment."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,8 @@ import pytest
 import torch
 
 from drive_server import StandInDrive
-from mrad_core import Heads, MemoryBank, drive, hub, progress, registry
+from mrad_core import Heads, MemoryBank, progress
+from mrad_core.artefacts import ArtefactOptions, digest, drive, hub, registry
 from mrad_core.cli import main
 
 ART = registry.REGISTRY["heads", "visa"]
@@ -53,15 +57,22 @@ def served(official):
 
 @pytest.fixture
 def env(monkeypatch, tmp_path, served, official):
-    """Empty cache and project, Drive = the stand-in, its digests accepted, no Hub mirror."""
-    for name in ("MRAD_HUB_REPO", "MRAD_HUB_REVISION", "MRAD_HEADS", "MRAD_IMAGE_BANK", "MRAD_PATCH_BANK"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MRAD_CACHE_DIR", str(tmp_path / "mrad"))
-    monkeypatch.setenv("MRAD_PROJECT_DIR", str(tmp_path / "proj"))
-    monkeypatch.setenv("MRAD_DRIVE_URL", served.url + "/{id}")
-    monkeypatch.setenv("MRAD_ACCEPT_DIGESTS", digests(official[0]))
+    """Empty cache and project, Drive = the stand-in, its digests accepted, no Hub mirror: (tmp_path, options)."""
     monkeypatch.setattr(hub, "download", lambda *a, **k: pytest.fail("the Hub was asked without a mirror"))
-    return tmp_path
+    options = ArtefactOptions(cache_dir=tmp_path / "mrad", project_dir=tmp_path / "proj",
+                              drive_url=served.url + "/{id}", accept_digests=digests(official[0]).split(","))
+    return tmp_path, options
+
+
+def as_environment(monkeypatch, options):
+    """The same settings as the CLI reads them: the environment (its entry point)."""
+    for name in ("MRAD_HUB_REPO", "MRAD_HUB_REVISION", "MRAD_HEADS", "MRAD_IMAGE_BANK", "MRAD_PATCH_BANK",
+                 "MRAD_SOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MRAD_CACHE_DIR", str(options.cache_dir))
+    monkeypatch.setenv("MRAD_PROJECT_DIR", str(options.project_dir))
+    monkeypatch.setenv("MRAD_DRIVE_URL", options.drive_url)
+    monkeypatch.setenv("MRAD_ACCEPT_DIGESTS", ",".join(options.accept_digests))
 
 
 def cache_files(tmp_path) -> list:
@@ -70,33 +81,34 @@ def cache_files(tmp_path) -> list:
 
 
 def test_first_use_downloads_verifies_and_converts_once(env, served, official, monkeypatch):
-    found = hub.resolve(ART)
+    tmp, options = env
+    found = hub.resolve(ART, options=options)
     assert found.origin == "drive" and "sha256 verified" in found.check
-    assert Path(found.path) == drive.cache_dir() / "mrad_heads_visa.safetensors"
-    assert str(env / "mrad") in found.path  # under MRAD_CACHE_DIR, not in the project
-    original = drive.cache_dir() / "test_on_mvtec.pth"
+    assert Path(found.path) == drive.cache_dir(options) / "mrad_heads_visa.safetensors"
+    assert str(tmp / "mrad" / "drive") in found.path  # under the cache directory, not in the project
+    original = drive.cache_dir(options) / "test_on_mvtec.pth"
     assert original.read_bytes() == official[0]["heads", "visa"]
     heads = Heads.load(found.path)
     assert heads.meta["training_source"] == "visa" and heads.meta["provenance"]["file"] == "test_on_mvtec.pth"
     reference = Heads.load(original).state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in heads.state_dict().items())
     assert served.hits(ID["heads", "visa"]) == 1
-    monkeypatch.setattr(hub.hashlib, "file_digest", lambda *a: pytest.fail("hashed again"))
+    monkeypatch.setattr(digest.hashlib, "file_digest", lambda *a: pytest.fail("hashed again"))
     monkeypatch.setattr(drive, "_download", lambda *a: pytest.fail("downloaded again"))
-    again = hub.resolve(ART)
+    again = hub.resolve(ART, options=options)
     assert again.origin == "drive-cache" and again.path == found.path
     assert served.hits(ID["heads", "visa"]) == 1
 
 
-def test_the_real_table_is_enforced_and_a_wrong_file_leaves_nothing(env, served, official, monkeypatch):
-    monkeypatch.delenv("MRAD_ACCEPT_DIGESTS")
+def test_the_real_table_is_enforced_and_a_wrong_file_leaves_nothing(env, served, official):
+    tmp, options = env
     with pytest.raises(drive.DriveError) as e:
-        hub.resolve(ART)
+        hub.resolve(ART, options=replace(options, accept_digests=()))
     got = hashlib.sha256(official[0]["heads", "visa"]).hexdigest()
     msg = str(e.value)
     assert f"has sha256 {got} but {registry.OFFICIAL['heads', 'visa'].sha256} is expected" in msg
     assert f"MRAD_ACCEPT_DIGESTS={got}" in msg and "test_on_mvtec.pth" in msg and "nothing was kept" in msg
-    assert cache_files(env) == []
+    assert cache_files(tmp) == []
 
 
 def _bad_drive(official, entry):
@@ -111,39 +123,41 @@ def _bad_drive(official, entry):
     ("wrong", lambda d: d[:-1] + bytes([d[-1] ^ 1]), ["test_on_mvtec.pth", "but", "is expected", "nothing was kept"]),
     ("missing", lambda d: None, ["HTTP 404", "test_on_mvtec.pth"]),
 ])
-def test_bad_downloads_give_one_message_and_leave_nothing(env, official, monkeypatch, case, entry, words):
+def test_bad_downloads_give_one_message_and_leave_nothing(env, official, case, entry, words):
+    tmp, options = env
     with _bad_drive(official, entry) as bad:
         if entry(b"x") is None:
             bad.files.clear()
-        monkeypatch.setenv("MRAD_DRIVE_URL", bad.url + "/{id}")
         with pytest.raises(drive.DriveError) as e:
-            hub.resolve(ART)
+            hub.resolve(ART, options=replace(options, drive_url=bad.url + "/{id}"))
     msg = str(e.value)
     for w in words + ["https://drive.google.com/file/d/1EdqTDU3NSeW1fQIkdZNdlH6iHcOjqQlC/view",
-                      str(env / "proj" / "checkpoints" / "test_on_mvtec.pth")]:
+                      str(tmp / "proj" / "checkpoints" / "test_on_mvtec.pth")]:
         assert w in msg, (w, msg)
-    assert cache_files(env) == []
+    assert cache_files(tmp) == []
 
 
-def test_virus_scan_page_is_confirmed(env, official, monkeypatch):
+def test_virus_scan_page_is_confirmed(env, official):
     files, _ = official
     with StandInDrive({ID["heads", "visa"]: ("virus", files["heads", "visa"])}) as server:
-        monkeypatch.setenv("MRAD_DRIVE_URL", server.url + "/{id}")
-        found = hub.resolve(ART)
+        options = replace(env[1], drive_url=server.url + "/{id}")
+        found = hub.resolve(ART, options=options)
         assert any(r.startswith("/download?") and "confirm=t" in r and "uuid=" in r for r in server.requests)
-    assert found.origin == "drive" and (drive.cache_dir() / "test_on_mvtec.pth").read_bytes() == files["heads", "visa"]
+    assert found.origin == "drive"
+    assert (drive.cache_dir(options) / "test_on_mvtec.pth").read_bytes() == files["heads", "visa"]
 
 
-def test_two_threads_one_download_with_progress(env, official, monkeypatch):
+def test_two_threads_one_download_with_progress(env, official):
     files, _ = official
     data = files["heads", "visa"]
     seen = []
     listener = seen.append
     progress.add_listener(listener)
     with StandInDrive({ID["heads", "visa"]: ("slow", data)}) as server:
-        monkeypatch.setenv("MRAD_DRIVE_URL", server.url + "/{id}")
+        options = replace(env[1], drive_url=server.url + "/{id}")
         results = []
-        threads = [threading.Thread(target=lambda: results.append(hub.resolve(ART))) for _ in range(2)]
+        threads = [threading.Thread(target=lambda: results.append(hub.resolve(ART, options=options)))
+                   for _ in range(2)]
         for t in threads:
             t.start()
         during = []
@@ -165,38 +179,40 @@ def test_two_threads_one_download_with_progress(env, official, monkeypatch):
     assert progress.current_downloads() == []
 
 
-def test_drive_off_or_offline_is_a_clear_message(env, monkeypatch):
-    monkeypatch.setenv("MRAD_DRIVE_URL", "off")
+def test_drive_off_or_offline_is_a_clear_message(env):
+    options = env[1]
     with pytest.raises(hub.HubError, match="Google Drive downloads are off") as e:
-        hub.resolve(ART)
+        hub.resolve(ART, options=replace(options, drive_url="off"))
     assert registry.OFFICIAL["heads", "visa"].link in str(e.value)
-    monkeypatch.setenv("MRAD_DRIVE_URL", "http://127.0.0.1:1/file")
     with pytest.raises(hub.HubError, match=r"no \{id\} placeholder"):
-        hub.resolve(ART)
-    monkeypatch.setenv("MRAD_DRIVE_URL", "http://127.0.0.1:1/{id}")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after huggingface_hub was imported: still honoured
-    with pytest.raises(hub.HubError, match="HF_HUB_OFFLINE=1 is set") as e:
-        hub.resolve(ART)
+        hub.resolve(ART, options=replace(options, drive_url="http://127.0.0.1:1/file"))
+    offline = replace(options, drive_url="http://127.0.0.1:1/{id}", hub_offline=True)  # the settings' offline
+    with pytest.raises(hub.HubError, match="HF_HUB_OFFLINE=1 is set") as e:  # (huggingface_hub's own is not set)
+        hub.resolve(ART, options=offline)
     assert "is not available" in str(e.value) and "MRAD_HUB_REPO" in str(e.value)
+    with pytest.raises(hub.HubError, match="HF_HUB_OFFLINE=1 is set and the file is not in the Hugging Face cache"):
+        hub.resolve(ART.at("some/mirror"), options=offline)  # a mirror is not asked either (download would fail)
 
 
 def test_authors_file_in_project_is_checked_against_the_table(env, official):
     files, _ = official
-    path = env / "proj" / "cache" / "cache_model_visa.pt"
+    tmp, options = env
+    path = tmp / "proj" / "cache" / "cache_model_visa.pt"
     path.parent.mkdir(parents=True)
     path.write_bytes(files["image_bank", "visa"])
     art = registry.REGISTRY["image_bank", "visa"]
-    assert hub.resolve(art).check == "sha256 accepted (MRAD_ACCEPT_DIGESTS)"
-    os.environ.pop("MRAD_ACCEPT_DIGESTS")
-    hub._MEMO.clear()
+    assert hub.resolve(art, options=options).check == "sha256 accepted (MRAD_ACCEPT_DIGESTS)"
+    digest._MEMO.clear()
     with pytest.raises(hub.HubError, match="is not the authors' cache_model_visa.pt"):
-        hub.resolve(art)
+        hub.resolve(art, options=replace(options, accept_digests=()))
 
 
 # ---------------------------------------------------------------- fetch-official
-def test_fetch_official_per_file_then_verify(env, served, official, capsys):
+def test_fetch_official_per_file_then_verify(env, served, official, capsys, monkeypatch):
     files, _ = official
-    root = env / "proj"
+    tmp, options = env
+    as_environment(monkeypatch, options)  # the command reads its settings from the environment
+    root = tmp / "proj"
     assert main(["fetch-official", "--verify"]) == 1
     out = capsys.readouterr().out
     assert out.count("MISSING") == 6 and registry.OFFICIAL["patch_bank", "mvtec"].link in out
@@ -309,10 +325,10 @@ def test_confirm_url_follows_drives_forms():
     assert drive.confirm_url("<html>Too many users have viewed or downloaded this file</html>", "http://x") is None
 
 
-def test_unwritable_cache_is_one_message(env, monkeypatch):
-    blocker = env / "not-a-dir"
+def test_unwritable_cache_is_one_message(env):
+    tmp, options = env
+    blocker = tmp / "not-a-dir"
     blocker.write_text("a file where the cache directory should be")
-    monkeypatch.setenv("MRAD_CACHE_DIR", str(blocker))
     with pytest.raises(drive.DriveError, match="cannot be saved in") as e:
-        hub.resolve(ART)
+        hub.resolve(ART, options=replace(options, cache_dir=blocker))
     assert "set MRAD_CACHE_DIR to a writable directory" in str(e.value) and "test_on_mvtec.pth" in str(e.value)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from mrad_core import Detector, engines, memory
+from mrad_core import Detector, engines, memory, runtime
+from mrad_core.artefacts.options import ArtefactOptions
+from mrad_core.artefacts.resolve import load_detector
 from mrad_core.backbone import Backbone
 from mrad_core.cli import main
 from mrad_core.errors import MRADError
@@ -18,18 +20,19 @@ ov = pytest.importorskip("openvino")
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MRAD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MRAD_CACHE_DIR", str(tmp_path / "cache"))  # for the CLI runs (read by Settings)
     return tmp_path / "cache" / "openvino"
 
 
-def _detector(files, config, **kw):
+def _detector(files, config, engine="torch", precision="fp32", cache=None):
     f = files
-    return Detector.from_files(f["backbone"], f["heads"], f["image_bank"], f["patch_bank"], config=config,
-                               device="cpu", **kw)
+    return load_detector(f["backbone"], f["heads"], f["image_bank"], f["patch_bank"], model=config.model_name,
+                         runtime=runtime.resolve("library", "cpu", engine, precision),
+                         options=ArtefactOptions(cache_dir=cache.parent if cache else "/nonexistent-cache"))
 
 
 def test_openvino_matches_torch(tiny_files, tiny_config, tiny_detector, cache):
-    det = _detector(tiny_files, tiny_config, engine="openvino")
+    det = _detector(tiny_files, tiny_config, "openvino", cache=cache)
     assert det.run_info == {"engine": "openvino", "precision": "fp32", "device": "cpu"}
     assert tiny_detector.run_info["engine"] == "torch"  # the library default stays PyTorch
     pixels = det.pixels(tiny_files["images"])  # a batch of 2: the IR has a dynamic batch dimension
@@ -45,7 +48,7 @@ def test_openvino_matches_torch(tiny_files, tiny_config, tiny_detector, cache):
 
 
 def test_converted_once_then_loaded_from_cache(tiny_files, tiny_config, cache, monkeypatch):
-    first = _detector(tiny_files, tiny_config, engine="openvino")
+    first = _detector(tiny_files, tiny_config, "openvino", cache=cache)
     assert first.engine.info["converted"] and first.engine.xml.parent.parent == cache
     assert first.engine.xml.with_suffix(".bin").is_file()
     meta = json.loads((first.engine.xml.parent / "meta.json").read_text())
@@ -54,7 +57,7 @@ def test_converted_once_then_loaded_from_cache(tiny_files, tiny_config, cache, m
     def no_conversion(*a, **k):
         raise AssertionError("converted again although the IR is cached")
     monkeypatch.setattr(engines, "convert_openvino", no_conversion)
-    second = _detector(tiny_files, tiny_config, engine="openvino")
+    second = _detector(tiny_files, tiny_config, "openvino", cache=cache)
     assert not second.engine.info["converted"] and second.engine.xml == first.engine.xml
     px = first.pixels(tiny_files["images"][:1])
     assert (first.encode(px).patch_tokens - second.encode(px).patch_tokens).abs().max() <= 1e-6
@@ -70,12 +73,13 @@ def test_other_weights_get_their_own_cache_entry(tiny_files, tiny_config, cache)
 
 
 def test_vision_weights_are_released(tiny_files, tiny_config, cache):
-    det = _detector(tiny_files, tiny_config, engine="openvino")
+    det = _detector(tiny_files, tiny_config, "openvino", cache=cache)
     assert not det.backbone.has_vision and det.backbone.image_dim == 32 and det.backbone.patch_dim == 64
     with pytest.raises(MRADError, match="released"):
         det.backbone.encode_image(torch.zeros(1, 3, 518, 518))
     assert set(det.predict(tiny_files["images"][:1])) == {"tf", "ft", "clip"}  # the text tower still works
-    other = Detector(det.backbone, device="cpu", engine="openvino")  # a second detector on the same backbone
+    encoder = engines.make_engine("openvino", det.backbone, "cpu", cache_dir=cache.parent)
+    other = Detector(det.backbone, device="cpu", engine=encoder)  # a second detector on the same backbone
     assert other.engine is det.engine
     assert other.encode(tiny_files["images"][:1]).image_feature.shape == (1, 32)
 
@@ -84,7 +88,7 @@ def test_compiled_engine_does_not_keep_the_ir_resident(tiny_files, tiny_config, 
     """The compiled model has its own copy of the weights: the mapped IR's pages are dropped while it compiles."""
     if not pages_out(tmp_path):
         pytest.skip("this system cannot page out (MADV_PAGEOUT needs Linux >= 5.4)")
-    det = _detector(tiny_files, tiny_config, engine="openvino")
+    det = _detector(tiny_files, tiny_config, "openvino", cache=cache)
     binary = det.engine.xml.with_suffix(".bin")
     if not memory.mapped_ranges(binary):
         pytest.skip("this OpenVINO reads the IR instead of mapping it")
@@ -105,21 +109,21 @@ def pages_out(tmp_path) -> bool:
 
 
 def test_openvino_precisions(tiny_files, tiny_config, tiny_detector, cache):
-    det = _detector(tiny_files, tiny_config, engine="openvino", precision="bf16")
+    det = _detector(tiny_files, tiny_config, "openvino", "bf16", cache)
     assert det.run_info["precision"] == "bf16"
     assert set(det.engine._compiled) == {"bf16"}  # only the precision in use is compiled (each holds the weights)
     ref = tiny_detector.predict(tiny_files["images"][:1])["tf"].map
     assert np.corrcoef(det.predict(tiny_files["images"][:1])["tf"].map.ravel(), ref.ravel())[0, 1] > 0.99
     with pytest.raises(MRADError, match="bf16-mlp and fp16 are PyTorch recipes"):
-        _detector(tiny_files, tiny_config, engine="openvino", precision="bf16-mlp")
+        _detector(tiny_files, tiny_config, "openvino", "bf16-mlp", cache)
 
 
 def test_missing_openvino_is_a_clear_error(tiny_files, tiny_config, monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     assert not engines.openvino_available()
-    assert engines.default_engine("cpu") == "torch"
+    assert runtime.resolve("predict", "cpu").engine == "torch"
     with pytest.raises(MRADError, match="pip install openvino"):
-        _detector(tiny_files, tiny_config, engine="openvino")
+        _detector(tiny_files, tiny_config, "openvino", cache=tmp_path / "openvino")
     f = tiny_files
     args = ["predict", f["images"][0], "--out", str(tmp_path / "out"), "--model", f["model"], "--backbone",
             f["backbone"], "--heads", f["heads"], "--image-bank", f["image_bank"], "--patch-bank", f["patch_bank"],
@@ -129,20 +133,6 @@ def test_missing_openvino_is_a_clear_error(tiny_files, tiny_config, monkeypatch,
     assert err.count("\n") == 0 and "pip install openvino" in err
     assert main(args) == 0  # without openvino the default engine is PyTorch
     assert json.loads((tmp_path / "out" / "run.json").read_text())["engine"] == "torch"
-
-
-def test_engine_choice(monkeypatch):
-    monkeypatch.delenv("MRAD_ENGINE", raising=False)
-    assert engines.default_engine("cpu") == "openvino"
-    assert engines.default_engine("cpu", "bf16-mlp") == "torch"  # a PyTorch recipe: its engine
-    assert engines.default_engine("cuda") == "torch"
-    monkeypatch.setenv("MRAD_ENGINE", "torch")
-    assert engines.default_engine("cpu") == "torch"
-    monkeypatch.setenv("MRAD_ENGINE", "tensorrt")
-    with pytest.raises(MRADError, match="engine must be one of torch, openvino"):
-        engines.default_engine("cpu")
-    with pytest.raises(MRADError, match="runs on the CPU"):
-        engines.make_engine("openvino", None, torch.device("cuda"))
 
 
 def test_cli_engine_env(tiny_files, tmp_path, monkeypatch, cache):
@@ -184,41 +174,3 @@ def test_export_rejects_unknown_format(tmp_path, capsys):
         main(["export", "--format", "tflite", "--out", str(tmp_path)])
 
 
-FACTS = {"amx": [
-    {"engine": "torch", "precision": "fp32", "three_variants_s": 4.8, "within_bounds": True},
-    {"engine": "torch", "precision": "bf16", "three_variants_s": 1.9, "within_bounds": False},
-    {"engine": "torch", "precision": "bf16-mlp", "three_variants_s": 3.6, "within_bounds": True},
-    {"engine": "openvino", "precision": "fp32", "three_variants_s": 2.4, "within_bounds": True},
-    {"engine": "openvino", "precision": "bf16", "three_variants_s": 1.2, "within_bounds": True},
-]}
-
-
-def test_auto_picks_the_fastest_pair_inside_the_bounds(monkeypatch):
-    monkeypatch.setattr(engines, "cpu_class", lambda: "amx")
-    assert engines.resolve_auto("cpu", facts=FACTS) == ("openvino", "bf16")
-    assert engines.resolve_auto("cpu", "torch", facts=FACTS) == ("torch", "bf16-mlp")  # bf16 is out of bounds
-    assert engines.resolve_auto("cuda", facts=FACTS) == ("torch", "fp16")
-    monkeypatch.setattr(engines, "cpu_class", lambda: "avx2")  # nothing recorded for this CPU: the exact engine
-    assert engines.resolve_auto("cpu", facts=FACTS) == ("openvino", "fp32")
-    monkeypatch.setattr(engines, "cpu_class", lambda: "amx")
-    monkeypatch.setitem(sys.modules, "openvino", None)  # not installed: only PyTorch's recorded pairs count
-    assert engines.resolve_auto("cpu", facts=FACTS) == ("torch", "bf16-mlp")
-    with pytest.raises(MRADError, match="pip install openvino"):
-        engines.resolve_auto("cpu", "openvino", facts=FACTS)
-
-
-def test_recorded_facts_are_valid():
-    """The committed facts (bench/bench.py --record) name real engines and precisions, with their bounds."""
-    facts = engines.recorded_facts()
-    assert facts, "engine_facts.json is missing: run python bench/bench.py --record"
-    for rows in facts.values():
-        for r in rows:
-            assert r["engine"] in engines.ENGINES
-            assert r["precision"] in (engines.TORCH_AUTOCAST if r["engine"] == "torch" else engines.OPENVINO_HINTS)
-            assert r["within_bounds"] == (r["max_abs_map_diff"] <= 1e-2 and r["min_map_correlation"] >= 0.999)
-
-
-def test_detector_auto_uses_resolve_auto(tiny_files, tiny_config, monkeypatch, cache):
-    monkeypatch.setattr(engines, "resolve_auto", lambda device, engine=None: ("openvino", "bf16"))
-    det = _detector(tiny_files, tiny_config, precision="auto")
-    assert det.run_info == {"engine": "openvino", "precision": "bf16", "device": "cpu"}

@@ -98,10 +98,11 @@ def test_histogram_pro_and_gallery_figures(tmp_path):
     rows = [dict(image=img, overlay=img, mask=np.zeros((20, 30), bool), caption=f"row {i}") for i in range(2)]
     gal = plots.gallery_figure(rows, "MRAD-TF on bottle")
     assert len(gal.axes) == 6 and all(len(a.images) == 1 for a in gal.axes)
-    assert [a.get_title(loc="left") for a in gal.axes[::3]] == ["row 0", "row 1"]
+    assert [sub.get_suptitle() for sub in gal.subfigs] == ["row 0", "row 1"]  # each row's caption
+    assert [a.get_title() for a in gal.axes[:3]] == ["image", "anomaly map", "ground truth (empty)"]
     path = plots.save_png(gal, tmp_path / "g" / "gallery.png")
     with Image.open(path) as im:
-        assert im.format == "PNG" and im.size == (900, round(100 * (2.7 * 2 + 0.4)))
+        assert im.format == "PNG" and im.size == (900, round(100 * (3.0 * 2 + 0.5)))
     assert not list((tmp_path / "g").glob(".*"))  # no temporary file left
 
 
@@ -178,3 +179,25 @@ def test_analysis_explains_undefined_metrics(tmp_path):
                                                   "pixel_aupro": "undefined in every class"}
     assert "plots/good_only/gallery_tf.png" in content["plots"] and "plots/all_classes/pro.png" in content["plots"]
     assert json.loads((tmp_path / "out" / "analysis.json").read_text())["thresholds"]["ft"]["all_classes"]["f1"]
+
+
+def test_gallery_captions_do_not_overlap_the_panel_headings(tmp_path):
+    """Issue 20 item 6: "score 0.488 ≥ 0.4a6n0omaly map": a row's caption printed over the "anomaly map" heading."""
+    img = np.zeros((518, 518, 3), np.uint8)
+    captions = ["FALSE ALARM · a_rather_long_file_name_of_a_good_part_0003.png · score 0.488 ≥ 0.460 (F1-optimal)",
+                "MISSED · bad_0001.png · score 0.301 < 0.460 (F1-optimal)"]
+    rows = [dict(image=img, overlay=img, mask=np.ones((518, 518), bool), caption=c) for c in captions]
+    fig = plots.gallery_figure(rows, "MRAD-TF on bottle: hardest good and defective images (F1-optimal)")
+    plots.save_png(fig, tmp_path / "gallery.png")  # lays the figure out
+    renderer = fig.canvas.get_renderer()
+    headings = [t for ax in fig.axes for t in (ax.title,) if t.get_text()]
+    assert len(headings) == 6
+    for sub in fig.subfigs:
+        caption = sub._suptitle.get_window_extent(renderer)
+        assert caption.width > 0
+        for t in headings:
+            assert not caption.overlaps(t.get_window_extent(renderer)), (sub.get_suptitle(), t.get_text())
+    whole = fig.bbox
+    for t in [fig._suptitle, *headings, *(sub._suptitle for sub in fig.subfigs)]:  # nothing cut at the edges
+        box = t.get_window_extent(renderer)
+        assert box.x0 >= whole.x0 - 1 and box.x1 <= whole.x1 + 1, t.get_text()

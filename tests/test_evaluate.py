@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 
+from mrad_core import Detector
+
 from mrad_core import load_mask
 from mrad_core.cli import main
 from mrad_core.datasets import read_dataset
@@ -75,6 +77,9 @@ def test_encodes_each_image_once_for_all_variants(mvtec, tiny_detector):
         def encode(self, pixels):
             Counting.calls += len(pixels)
             return tiny_detector.encode(pixels)
+
+        def score_batch(self, pixels, variants):  # the Detector's own, through this encode
+            return Detector.score_batch(self, pixels, variants)
 
         def __getattr__(self, name):
             return getattr(tiny_detector, name)

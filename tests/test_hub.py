@@ -1,5 +1,6 @@
 """Delivery through a stand-in Hub (tests/hub_server.py): the real hf_hub_download path in subprocesses that get
-HF_ENDPOINT / HF_HUB_OFFLINE / HF_HOME before huggingface_hub is imported, as a user's process would."""
+HF_ENDPOINT / HF_HUB_OFFLINE / HF_HOME before huggingface_hub is imported, as a user's process would; our own
+settings (cache, project, Drive, mirror) reach the code as an ArtefactOptions, not through the environment."""
 from __future__ import annotations
 
 import hashlib
@@ -16,33 +17,39 @@ import pytest
 import torch
 
 from hub_server import StandInHub
-from mrad_core import hub, registry
+from mrad_core.artefacts import ArtefactOptions, digest, hub, registry
+from mrad_core.artefacts.resolve import artefacts_for
 from mrad_core.errors import MRADError
+from mrad_core.settings import Settings
 
 REPO = "test-org/mrad"
-CLIENT = r"""
+OPTIONS = r"""
 import json, sys
-from mrad_core import hub
-from mrad_core.registry import Artefact
+from mrad_core.artefacts import ArtefactOptions
+options = ArtefactOptions(**json.loads(sys.argv[2]))  # the settings, passed explicitly
+"""
+CLIENT = OPTIONS + r"""
+from mrad_core.artefacts import hub
+from mrad_core.artefacts.registry import Artefact
 out = []
 for spec in json.loads(sys.argv[1]):
     spec["local_names"] = tuple(spec.get("local_names", ()))
     try:
-        r = hub.resolve(Artefact(**spec))
+        r = hub.resolve(Artefact(**spec), options=options)
         out.append({"ok": True, "path": r.path, "origin": r.origin, "check": r.check})
     except Exception as e:
         out.append({"ok": False, "type": type(e).__name__, "error": str(e)})
 print("RESULT " + json.dumps(out))
 """
-E2E = r"""
-import json, sys
-from mrad_core.loading import load_detector, resolve_artefacts
+E2E = OPTIONS + r"""
+from mrad_core.artefacts.resolve import load_detector, resolve_artefacts
 a = json.loads(sys.argv[1])
-det = load_detector(a["backbone"], model=a["model"], device="cpu", source="visa", repo_id=a["repo"])
+det = load_detector(a["backbone"], model=a["model"], device="cpu", source="visa", repo_id=a["repo"], options=options)
 res = det.predict(a["images"], det.variants)
-other = resolve_artefacts(a["backbone"], model=a["model"], source="mvtec", repo_id=a["repo"])
+other = resolve_artefacts(a["backbone"], model=a["model"], source="mvtec", repo_id=a["repo"], options=options)
 try:
-    resolve_artefacts(a["backbone"], model=a["model"], source="mvtec", repo_id=a["repo"], require=("tf",))
+    resolve_artefacts(a["backbone"], model=a["model"], source="mvtec", repo_id=a["repo"], require=("tf",),
+                      options=options)
     required = None
 except Exception as e:
     required = f"{type(e).__name__}: {e}"
@@ -56,12 +63,16 @@ def spec(filename, repo=REPO, **kw):
     return {"kind": "heads", "source": "visa", "filename": filename, "repo_id": repo, "revision": "main", **kw}
 
 
-def run_client(code, arg, env_extra, tmp):
+def run_client(code, arg, env_extra, tmp, options=None):
+    """Run `code` in a fresh process: huggingface_hub's variables (HF_*) in its environment, before it is imported;
+    no MRAD_* variable at all (the code gets ArtefactOptions(**options) as argv[2]). HF_HUB_OFFLINE=1 in env_extra
+    also sets options' hub_offline, as Settings.from_env would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MRAD_"))}
-    env.update({"HF_HOME": str(tmp / "hf"), "MRAD_CACHE_DIR": str(tmp / "mrad"), "MRAD_PROJECT_DIR": str(tmp / "proj"),
-                "HF_HUB_DISABLE_TELEMETRY": "1", "MRAD_DRIVE_URL": "off", **env_extra})  # Drive: test_drive.py
-    r = subprocess.run([sys.executable, "-c", code, json.dumps(arg)], env=env, capture_output=True, text=True,
-                       timeout=240)
+    env.update({"HF_HOME": str(tmp / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1", **env_extra})
+    options = {"cache_dir": str(tmp / "mrad"), "project_dir": str(tmp / "proj"), "drive_url": "off",  # Drive:
+               "hub_offline": env_extra.get("HF_HUB_OFFLINE") == "1", **(options or {})}  # test_drive.py
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(arg), json.dumps(options)], env=env,
+                       capture_output=True, text=True, timeout=240)
     line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line, f"client failed (rc {r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
     return json.loads(line[len("RESULT "):]), r.stderr
@@ -206,7 +217,7 @@ def test_detector_end_to_end_from_stand_in_hub_then_offline(tiny_files, tiny_det
 
 BACKBONE_CLIENT = r"""
 import json, sys
-from mrad_core import hub
+from mrad_core.artefacts import hub
 out = []
 for model in ("ViT-L-14-336-quickgelu", "ViT-B-32"):
     try:
@@ -237,24 +248,25 @@ def test_backbone_through_open_clip_hub_mechanism(tmp_path, payload):
 
 # ---------------------------------------------------------------- local files (no Hub involved)
 def test_project_files_found_and_verified_once(tiny_files, tmp_path, monkeypatch):
-    monkeypatch.setenv("MRAD_CACHE_DIR", str(tmp_path / "mrad"))
+    options = ArtefactOptions(cache_dir=tmp_path / "mrad")
     data = Path(tiny_files["heads"]).read_bytes()
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "mrad_heads_visa.safetensors").write_bytes(data)
     art = registry.REGISTRY["heads", "visa"]
     pinned = replace(art, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-    found = hub.resolve(pinned, roots=[tmp_path], allow_download=False)
+    found = hub.resolve(pinned, roots=[tmp_path], allow_download=False, options=options)
     assert found.origin == "project" and found.check == "sha256 verified"
     assert json.loads((tmp_path / "mrad" / "verified.json").read_text())  # the verdict is cached ...
-    monkeypatch.setattr(hub, "_MEMO", {})  # a new process: only the file on disk remembers
-    monkeypatch.setattr(hub.hashlib, "file_digest", lambda *a: pytest.fail("hashed twice"))
-    assert hub.resolve(pinned, roots=[tmp_path], allow_download=False).check == "sha256 verified"  # ... and used
-    unpinned = hub.resolve(art, roots=[tmp_path], allow_download=False)
+    monkeypatch.setattr(digest, "_MEMO", {})  # a new process: only the file on disk remembers
+    monkeypatch.setattr(digest.hashlib, "file_digest", lambda *a: pytest.fail("hashed twice"))
+    again = hub.resolve(pinned, roots=[tmp_path], allow_download=False, options=options)
+    assert again.check == "sha256 verified"  # ... and used
+    unpinned = hub.resolve(art, roots=[tmp_path], allow_download=False, options=options)
     assert unpinned.check == "unverified (no published digest)"
 
 
-def test_truncated_or_corrupt_project_file_is_an_error(tiny_files, tmp_path, monkeypatch):
-    monkeypatch.setenv("MRAD_CACHE_DIR", str(tmp_path / "mrad"))
+def test_truncated_or_corrupt_project_file_is_an_error(tiny_files, tmp_path):
+    options = ArtefactOptions(cache_dir=tmp_path / "mrad")
     data = Path(tiny_files["heads"]).read_bytes()
     art = registry.REGISTRY["heads", "visa"]
     pinned = replace(art, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
@@ -262,40 +274,105 @@ def test_truncated_or_corrupt_project_file_is_an_error(tiny_files, tmp_path, mon
     path.parent.mkdir()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(hub.HubError, match=f"has {len(data) // 2} bytes but {len(data)} are expected") as e:
-        hub.resolve(pinned, roots=[tmp_path], allow_download=False)
+        hub.resolve(pinned, roots=[tmp_path], allow_download=False, options=options)
     assert f"delete {path}" in str(e.value)
     bad = bytearray(data)
     bad[len(bad) // 2] ^= 0xFF  # same size, one byte changed
     path.write_bytes(bytes(bad))
     with pytest.raises(hub.HubError, match=f"sha256 is {hashlib.sha256(bad).hexdigest()} but {pinned.sha256}"):
-        hub.resolve(pinned, roots=[tmp_path], allow_download=False)
+        hub.resolve(pinned, roots=[tmp_path], allow_download=False, options=options)
 
 
-def test_official_name_in_checkpoints_is_found_and_checked(tmp_path, monkeypatch):
-    monkeypatch.setenv("MRAD_CACHE_DIR", str(tmp_path / "mrad"))
+def test_official_name_in_checkpoints_is_found_and_checked(tmp_path):
+    options = ArtefactOptions(cache_dir=tmp_path / "mrad")
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "cache_patch_model_mvtec.pt").write_bytes(b"x")
     art = registry.REGISTRY["patch_bank", "mvtec"]
     with pytest.raises(hub.HubError, match="is not the authors' cache_patch_model_mvtec.pt") as e:
-        hub.resolve(art, roots=[tmp_path], allow_download=False)
+        hub.resolve(art, roots=[tmp_path], allow_download=False, options=options)
     assert art.official.sha256 in str(e.value) and hashlib.sha256(b"x").hexdigest() in str(e.value)
-    monkeypatch.setenv("MRAD_ACCEPT_DIGESTS", hashlib.sha256(b"x").hexdigest())
-    found = hub.resolve(art, roots=[tmp_path], allow_download=False)
+    accepting = replace(options, accept_digests=(hashlib.sha256(b"x").hexdigest().upper(),))  # any case
+    found = hub.resolve(art, roots=[tmp_path], allow_download=False, options=accepting)
     assert found.path == str(tmp_path / "cache" / "cache_patch_model_mvtec.pt") and "MRAD_ACCEPT_DIGESTS" in found.check
 
 
-def test_registry_pairing_and_sources(monkeypatch):
+def test_registry_pairing_and_sources():
     assert registry.source_for_dataset("MVTec") == "visa" and registry.source_for_dataset("visa") == "mvtec"
     assert registry.source_for_dataset("mpdd") == "visa" and registry.source_for_dataset(None) == "visa"
-    monkeypatch.setenv("MRAD_HUB_REPO", "someone/else")
-    monkeypatch.setenv("MRAD_HUB_REVISION", "v2")
     arts = registry.artefacts("mvtec")
-    assert arts["heads"].repo == "someone/else" and arts["heads"].rev == "v2"
     assert arts["heads"].local_names == ("mrad_heads_mvtec.safetensors", "test_on_visa.pth")
     assert registry.artefacts("mvtec", repo_id="a/b")["patch_bank"].repo == "a/b"
+    assert registry.artefacts()["heads"].source == "visa"  # no source: visa
     assert all(a.sha256 is None or len(a.sha256) == 64 for a in registry.REGISTRY.values())
     with pytest.raises(MRADError, match="unknown training source"):
         registry.artefacts("btad")
+
+
+def test_the_resolver_takes_mirror_revision_and_source_from_the_settings(monkeypatch):
+    """The Hub mirror, its revision and the training source: explicit > settings (MRAD_HUB_REPO,
+    MRAD_HUB_REVISION, MRAD_SOURCE) > the registry's defaults; a library call without settings reads no
+    environment."""
+    for name, value in (("MRAD_HUB_REPO", "env/repo"), ("MRAD_HUB_REVISION", "env-rev"), ("MRAD_SOURCE", "mvtec")):
+        monkeypatch.setenv(name, value)
+    bare = artefacts_for()  # no settings: the defaults, whatever the environment says
+    assert bare["heads"].source == "visa" and bare["heads"].mirror is None and bare["heads"].rev == "main"
+    assert bare["heads"].repo == registry.DEFAULT_REPO
+    settings = Settings.from_env()  # an entry point reads the environment, once
+    arts = artefacts_for(options=settings.artefacts)
+    assert arts["heads"].source == "mvtec" and arts["heads"].mirror == "env/repo" and arts["heads"].rev == "env-rev"
+    assert [a.filename for a in arts.values()] == [registry.our_name(k, "mvtec") for k in registry.ARTEFACT_KINDS]
+    explicit = artefacts_for("visa", "me/mine", "v1", options=settings.artefacts)
+    assert {(a.source, a.mirror, a.rev) for a in explicit.values()} == {("visa", "me/mine", "v1")}
+    half = artefacts_for(repo_id="me/mine", options=settings.artefacts)  # an explicit repo, the settings' revision
+    assert (half["patch_bank"].mirror, half["patch_bank"].rev) == ("me/mine", "env-rev")
+    options = ArtefactOptions(hub_repo="a/b")
+    assert hub.configured(registry.REGISTRY["heads", "visa"], options).mirror == "a/b"
+    assert hub.configured(registry.REGISTRY["heads", "visa"].at("c/d"), options).mirror == "c/d"
+
+
+def test_settings_read_the_artefact_variables_once(monkeypatch):
+    """MRAD_CACHE_DIR's one default (~/.cache/mrad) and its ~ expansion, and every artefact variable, in Settings."""
+    home = Path.home()
+    assert Settings.from_env({}).cache_dir == home / ".cache" / "mrad" == Settings().cache_dir
+    assert ArtefactOptions().cache_dir == home / ".cache" / "mrad"  # the library default is the same one
+    env = {"MRAD_CACHE_DIR": "~/elsewhere/mrad", "MRAD_PROJECT_DIR": "~/proj", "MRAD_HUB_REPO": "me/mirror",
+           "MRAD_HUB_REVISION": "abc", "MRAD_DRIVE_URL": " http://x/{id} ", "MRAD_SOURCE": "MVTec",
+           "MRAD_ACCEPT_DIGESTS": f"{'A' * 64}, {'b' * 64} {'c' * 64}", "HF_HUB_OFFLINE": "1",
+           "MRAD_HEADS": "/h.safetensors", "MRAD_DIST_TIMEOUT_HOURS": "5"}
+    s = Settings.from_env(env)
+    assert s.cache_dir == home / "elsewhere" / "mrad" and s.project_dir == home / "proj"
+    assert s.artefacts == ArtefactOptions(cache_dir=home / "elsewhere" / "mrad", project_dir=home / "proj",
+                                          hub_repo="me/mirror", hub_revision="abc", drive_url="http://x/{id}",
+                                          accept_digests=("a" * 64, "b" * 64, "c" * 64), hub_offline=True,
+                                          training_source="mvtec", files={"heads": "/h.safetensors"})
+    assert s.dist_timeout_hours == 5 and Settings().dist_timeout_hours == 3
+    assert s.artefacts.drive_dir == home / "elsewhere" / "mrad" / "drive"
+    assert s.artefacts.project_dirs() == [home / "proj"]
+    assert Settings.from_env({}).artefacts == ArtefactOptions()  # nothing set: the library's defaults
+    monkeypatch.chdir(Path(__file__).parent)
+    assert ArtefactOptions().project_dirs() == [Path(__file__).parent.resolve(), Path(__file__).resolve().parents[1]]
+
+
+def test_the_artefacts_package_reads_no_environment_and_imports_no_cli_or_gradio():
+    """What the environment says reaches mrad_core/artefacts/ only as ArtefactOptions; it is library code below
+    the CLI and the UI (the drive -> cli/convert -> hub -> drive cycle is gone)."""
+    import ast
+
+    import mrad_core.artefacts as package
+    found = []
+    for path in sorted(Path(package.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" \
+                    and node.attr in ("environ", "getenv"):
+                found.append(f"{path.name}:{node.lineno} os.{node.attr}")
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [("." * node.level) + (node.module or "")] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                if name.split(".")[0] == "gradio" or name.startswith(("mrad_core.cli", "..cli")) or \
+                        name in ("mrad_core.settings", "..settings"):
+                    found.append(f"{path.name}:{node.lineno} imports {name}")
+    assert found == []
 
 
 # ---------------------------------------------------------------- publish
@@ -332,16 +409,18 @@ def test_publish_stages_files_and_model_card(tiny_files, tmp_path, monkeypatch):
 
 
 def test_cli_hub_options_reach_the_resolver(monkeypatch):
-    from mrad_core import loading
+    from mrad_core.artefacts import resolve
     from mrad_core.cli import build_parser
     from mrad_core.cli.common import detector_from_args
     seen = {}
-    monkeypatch.setattr(loading, "load_detector", lambda *a, **kw: seen.update(kw) or "detector")
+    monkeypatch.setattr(resolve, "load_detector", lambda *a, **kw: seen.update(kw) or "detector")
     monkeypatch.delenv("MRAD_SOURCE", raising=False)
+    monkeypatch.setenv("MRAD_HUB_REVISION", "env-rev")  # the command's settings reach the resolver as options
     args = build_parser().parse_args(["predict", "x.png", "--out", "o", "--variant", "ft", "--source", "mvtec",
                                       "--hub-repo", "me/mine", "--hub-revision", "v1"])
     assert detector_from_args(args) == "detector"
     assert (seen["source"], seen["repo_id"], seen["revision"], seen["require"]) == ("mvtec", "me/mine", "v1", ("ft",))
+    assert seen["options"].hub_revision == "env-rev" and seen["options"].hub_repo is None
     args = build_parser().parse_args(["predict", "x.png", "--out", "o"])
     detector_from_args(args)
     assert seen["source"] is None and seen["require"] == ("tf", "ft", "clip") and seen["repo_id"] is None

@@ -1,6 +1,7 @@
 """Your own mirror in three commands, end to end on the stand-ins (Drive: drive_server.py, Hub: hub_server.py):
-`mrad fetch-official` -> `mrad convert` -> `mrad publish --repo you/mrad`, then MRAD_HUB_REPO + MRAD_HUB_REVISION
-(the pinned commit publish printed) make the resolver download from the mirror, files matching the digests
+`mrad fetch-official` -> `mrad convert` -> `mrad publish --repo you/mrad` (the CLI: settings from the environment),
+then the mirror and the pinned commit publish printed (MRAD_HUB_REPO + MRAD_HUB_REVISION, given to the resolver as
+its settings) make the resolver download from the mirror, files matching the digests
 publish printed. A mirror without some file falls back to Drive. `publish` uploads through HfApi.upload_folder,
 which the stand-in Hub cannot receive: the test replaces that one call by adding the staged folder to it."""
 from __future__ import annotations
@@ -13,15 +14,15 @@ import huggingface_hub
 
 from drive_server import StandInDrive
 from hub_server import StandInHub
-from mrad_core import registry
+from mrad_core.artefacts import registry
 from mrad_core.cli import main
 from test_drive import ID, digests, official  # noqa: F401  (the fixture)
-from test_hub import run_client
+from test_hub import OPTIONS, run_client
 
-CLIENT = r"""
-import hashlib, json, sys
+CLIENT = OPTIONS + r"""
+import hashlib
 from safetensors import safe_open
-from mrad_core.loading import resolve_artefacts
+from mrad_core.artefacts.resolve import resolve_artefacts
 
 def provenance(path):
     with safe_open(path, framework="pt") as f:
@@ -30,7 +31,8 @@ def provenance(path):
 a = json.loads(sys.argv[1])
 out = {}
 for source, repo in a["runs"]:
-    res = resolve_artefacts(a["backbone"], model=a["model"], source=source, repo_id=repo, require=("tf", "ft", "clip"))
+    res = resolve_artefacts(a["backbone"], model=a["model"], source=source, repo_id=repo, require=("tf", "ft", "clip"),
+                            options=options)
     out[f"{source}@{repo}"] = {s.kind: [s.origin, hashlib.sha256(open(s.path, "rb").read()).hexdigest(),
                                         provenance(s.path)] for s in res.statuses if s.kind != "backbone"}
 print("RESULT " + json.dumps(out))
@@ -76,9 +78,9 @@ def test_fetch_convert_publish_then_download_from_the_mirror(official, tiny_file
         arg = {"backbone": tiny_files["backbone"], "model": tiny_files["model"],
                "runs": [["visa", None], ["mvtec", None], ["mvtec", "you/half"]]}
         fresh = tmp_path / "fresh"  # another machine: empty project, cache and HF cache
-        result, _ = run_client(CLIENT, arg, {"HF_ENDPOINT": hub.url, "MRAD_HUB_REPO": pin[1],
-                                             "MRAD_HUB_REVISION": pin[2], "MRAD_DRIVE_URL": drive.url + "/{id}",
-                                             "MRAD_ACCEPT_DIGESTS": digests(files)}, fresh)
+        pinned = {"hub_repo": pin[1], "hub_revision": pin[2], "drive_url": drive.url + "/{id}",  # as printed
+                  "accept_digests": digests(files).split(",")}
+        result, _ = run_client(CLIENT, arg, {"HF_ENDPOINT": hub.url}, fresh, options=pinned)
         pinned_gets = hub.hits("GET", f"/you/mrad/resolve/{pin[2]}/")
         drive_after = drive.requests[drive_before:]
 

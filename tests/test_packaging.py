@@ -9,7 +9,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from mrad_core import registry
+from mrad_core.artefacts import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE_HARDWARE = {"cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "l4x4", "l40sx1", "a10g-small",
@@ -144,11 +144,11 @@ def test_dockerfile_can_take_cuda_12_wheels(docker):
     assert '--index-url "$TORCH_INDEX"' in cuda_branch
 
 
-def test_zerogpu_front_matter_in_the_readme_follows_the_zerogpu_rules():
-    """The README's ZeroGPU variant of the front matter: a Python ZeroGPU supports and ZeroGPU hardware."""
-    text = (ROOT / "README.md").read_text()
+def test_zerogpu_front_matter_in_the_docs_follows_the_zerogpu_rules():
+    """The ZeroGPU variant of the front matter (docs/deploy.md): a Python ZeroGPU supports and ZeroGPU hardware."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
     m = re.search(r"```yaml\n# ZeroGPU front matter\n(.*?)```", text, re.S)
-    assert m, "README.md must give the ZeroGPU front matter in a ```yaml block starting '# ZeroGPU front matter'"
+    assert m, "docs/deploy.md must give the ZeroGPU front matter in a ```yaml block starting '# ZeroGPU front matter'"
     fm = yaml.safe_load(m[1])
     assert str(fm["python_version"]) in ("3.10", "3.12") and fm["suggested_hardware"] == "zero-a10g"
     assert fm["sdk"] == "gradio" and fm["app_file"] == "app.py"
@@ -167,3 +167,37 @@ def test_dockerfile_converts_the_encoder_at_build_time(docker):
     assert parser.envs["MRAD_CACHE_DIR"].startswith("/home/user/")
     from mrad_core import warmup
     assert callable(warmup.main)  # the module the step runs
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {github_anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def test_readme_and_docs_links_reach_a_file_and_heading():
+    """Every relative link of README.md and docs/*.md names a file of the repository and, with #, one of its
+    headings; the README links every reference page in docs/."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    checked = 0
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto
+            file, _, anchor = target.partition("#")
+            path = (page.parent / file).resolve() if file else page
+            rel = path.relative_to(ROOT).as_posix()
+            assert path.exists(), f"{page.name}: link to {target}: no such file"
+            if anchor:
+                assert anchor in anchors(path), f"{page.name}: link to {target}: no such heading in {rel}"
+            checked += 1
+    assert checked > 20
+    readme = (ROOT / "README.md").read_text()
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        assert f"(docs/{doc.name})" in readme, f"README.md does not link docs/{doc.name}"
+    assert "(assets/screenshot.png)" in readme and (ROOT / "assets" / "screenshot.png").stat().st_size < 500_000

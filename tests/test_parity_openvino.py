@@ -17,7 +17,7 @@ def expected(parity_dir):
 @pytest.fixture(scope="module")
 def ov_outputs(parity_dir, parity_backbone):
     """The OpenVINO fp32 detector (its IR converted once into the MRAD cache, then re-used), every query scored."""
-    from mrad_core.loading import load_detector
+    from mrad_core.artefacts.resolve import load_detector
     det = load_detector(parity_backbone, parity_dir / "heads_official.pth", parity_dir / "cache_model_fixture.pt",
                         parity_dir / "cache_patch_model_fixture.pt", device="cpu", engine="openvino")
     assert det.run_info == {"engine": "openvino", "precision": "fp32", "device": "cpu"}

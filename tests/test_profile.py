@@ -106,7 +106,7 @@ def test_cli_calibrate_then_predict_with_profile(tiny_files, normals, model_args
 
 
 def test_setup_identity_follows_the_banks(tiny_files):
-    from mrad_core.loading import load_detector
+    from mrad_core.artefacts.resolve import load_detector
     from mrad_core.profile import setup_identity
     f = tiny_files
     det = load_detector(f["backbone"], f["heads"], f["image_bank"], f["patch_bank"], model=f["model"], device="cpu")
@@ -114,3 +114,21 @@ def test_setup_identity_follows_the_banks(tiny_files):
     assert ident["bank"]["image"]["digest_of"] == "file" and ident["heads"]["digest_of"] == "file"
     edited = setup_identity(det.with_banks(det.image_bank, det.patch_bank))
     assert edited["bank"]["image"]["digest_of"] == "tensors" and edited["heads"] == ident["heads"]
+
+
+def test_mismatches_name_what_differs_from_the_calibration(tiny_detector, normals):
+    """A profile made with one bank and heads, checked against a setup with another: each differing part is named;
+    the same setup gives nothing; identities of different kinds (file vs tensors) are not compared."""
+    from mrad_core.profile import mismatches, setup_identity
+
+    profile = calibrate(tiny_detector, normals[:2], variants=("tf",), rate=0.2, name="p")
+    same = setup_identity(tiny_detector)
+    assert mismatches(profile, same) == []
+    changed = {"bank": {"image": {**same["bank"]["image"], "sha256": "0" * 64}, "patch": same["bank"]["patch"]},
+               "heads": {**same["heads"], "sha256": "1" * 64}}
+    lines = mismatches(profile, changed)
+    assert len(lines) == 2
+    assert lines[0].startswith("the image bank differs") and lines[1].startswith("the heads differ")
+    other_kind = {"bank": {"image": {**changed["bank"]["image"], "digest_of": "file"}, "patch": same["bank"]["patch"]},
+                  "heads": same["heads"]}
+    assert mismatches(profile, other_kind) == []  # a file digest and a tensor digest are not comparable

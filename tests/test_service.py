@@ -9,13 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mrad_core import MemoryBank, MRADError, batch, viz
 from mrad_core.backbone import Backbone
 from mrad_core.catalogue import SOURCE_LABELS
-from mrad_core import engines
 from mrad_core.lru import LRU
 from mrad_core.service import Service
 from mrad_core.settings import Settings
@@ -46,7 +44,7 @@ def test_settings_are_read_once_from_the_environment(tiny_files):
     assert s.hub_offline and s.zero_gpu and s.uses_own_files
     over = Settings.from_env(env, files={"heads": "mine.pth"}, precision="fp32")
     assert over.files["heads"] == "mine.pth" and over.files["backbone"] == "b.safetensors" and over.precision == "fp32"
-    assert Settings.from_env({}).precision == "auto" and not Settings.from_env({}).uses_own_files
+    assert Settings.from_env({}).precision is None and not Settings.from_env({}).uses_own_files
     with pytest.raises(TypeError, match="unknown settings"):
         Settings.from_env({}, colour="red")
 
@@ -60,8 +58,17 @@ def test_lru_keeps_the_most_recent():
 
 
 def test_precision_defaults_to_auto_and_is_shown(tiny_files, monkeypatch):
-    s = Service(files={"backbone": tiny_files["backbone"]}, model=tiny_files["model"], device="cpu")
-    assert (s.engine, s.precision) == engines.resolve_auto(torch.device("cpu"))  # from the recorded benchmark facts
+    """The app's row of runtime.ENTRY_DEFAULTS is auto: with made-up facts for this CPU class the Service takes the
+    fastest pair inside the bounds (not merely whatever resolve_auto says)."""
+    from mrad_core import runtime
+    facts = {"made-up": [
+        {"engine": "torch", "precision": "bf16", "three_variants_s": 0.5, "within_bounds": False},
+        {"engine": "torch", "precision": "bf16-mlp", "three_variants_s": 2.0, "within_bounds": True},
+        {"engine": "torch", "precision": "fp32", "three_variants_s": 3.0, "within_bounds": True}]}
+    monkeypatch.setattr(runtime, "recorded_facts", lambda path=None: facts)
+    monkeypatch.setattr(runtime, "cpu_class", lambda flags=None: "made-up")
+    s = Service(files={"backbone": tiny_files["backbone"]}, model=tiny_files["model"], device="cpu", engine="torch")
+    assert (s.engine, s.precision) == ("torch", "bf16-mlp")
     assert f"engine {s.engine} · precision {s.precision}" in s.status()
     fixed = Service(files={"backbone": tiny_files["backbone"]}, model=tiny_files["model"], device="cpu",
                     precision="fp32")
@@ -139,10 +146,12 @@ def test_the_same_image_again_reuses_its_encoding(tiny_files):
 
 def test_calibration_is_computed_in_the_call_once_and_carried_with_the_result(tiny_files):
     s = make_service(tiny_files)
+    s.detector("env")  # loaded first: loading may start library threads of its own (not model work)
+    threads = set(threading.enumerate())
     a = s.analyze(tiny_files["images"][0], ["tf", "ft", "clip"], "env")
     assert s.calls["encode"] == 1 and s.calls["score"] == 3  # no calibration unless asked for
     assert not a.calibrated
-    assert not [t for t in threading.enumerate() if t.name.startswith("mrad")]  # no background model work
+    assert not [t for t in threading.enumerate() if t not in threads]  # no background work of any name
     c = s.calibrate(a)
     refs = len(list((ASSETS / "examples").glob("*_good.png")))
     assert s.calls["encode"] == 1 + refs and s.calls["score"] == 3 + 3  # references encoded once, scored per variant
@@ -330,3 +339,21 @@ def test_precision_and_device_settings(tiny_files, monkeypatch):
     with pytest.raises(MRADError, match="MRAD_PRECISION"):
         make_service(tiny_files, precision=None)
     assert set(SOURCE_LABELS) == {"env", "visa", "mvtec", "examples", "custom"}
+
+
+def test_custom_bank_detectors_are_evicted_oldest_first(tiny_files, monkeypatch):
+    """Every taught edit is a bank: only the newest KEPT_CUSTOM_DETECTORS custom detectors stay loaded (the other
+    sources stay), and an evicted bank loads again from its files when used."""
+    from mrad_core import service as service_module
+    from mrad_core.bank import MemoryBank
+
+    monkeypatch.setattr(service_module, "KEPT_CUSTOM_DETECTORS", 2)
+    s = make_service(tiny_files)
+    s.detector("env")
+    banks = (MemoryBank.load(tiny_files["image_bank"], "image"), MemoryBank.load(tiny_files["patch_bank"], "patch"))
+    ids = [s.catalogue.add_bank(banks, f"bank {i}") for i in range(3)]
+    for bank_id in ids:
+        s.detector("custom", bank_id)
+    assert list(s._detectors) == [("env", None), ("custom", ids[1]), ("custom", ids[2])]
+    again = s.detector("custom", ids[0])  # evicted: loaded again (its files are still there)
+    assert again.variants and list(s._detectors)[-1] == ("custom", ids[0]) and len(s._detectors) == 3

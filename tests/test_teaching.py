@@ -115,7 +115,7 @@ def test_explanations_are_the_top_entries_sorted_by_weight(service, tiny_files):
 def test_a_bank_taught_from_a_paper_source_keeps_its_heads(tiny_files, monkeypatch):
     """Teaching from VisA: the new custom bank records heads_from=visa and loads VisA's heads (here the tiny heads
     served as VisA's through the resolver), so MRAD-FT and MRAD-CLIP keep running."""
-    from mrad_core import catalogue
+    from mrad_core import catalogue, sources
     from mrad_core.bank import MemoryBank
     from mrad_core.heads import Heads
 
@@ -126,7 +126,7 @@ def test_a_bank_taught_from_a_paper_source_keeps_its_heads(tiny_files, monkeypat
     asked, parts = [], catalogue.Catalogue.parts
     monkeypatch.setattr(catalogue.Catalogue, "parts", lambda self, key, bank_id, build: (
         (heads, *stock) if key == "visa" else parts(self, key, bank_id, build)))  # VisA's files without a resolver
-    monkeypatch.setattr(catalogue.Catalogue, "heads_of", lambda self, source: asked.append(source) or heads)
+    monkeypatch.setattr(sources.PaperSource, "heads", lambda self: asked.append(self.key) or heads)
     new_id, _, _ = teaching.add_example(service, {"source": "visa"}, None, tiny_files["images"][0])
     assert service.catalogue.bank(new_id)[0].meta["heads_from"] == "visa"
     det = service.detector("custom", new_id)

@@ -1,7 +1,8 @@
 """The app's model calls run the way a ZeroGPU Space runs them: each call in a fresh fork of the main process, plain
 data pickled in and out, nothing kept in worker memory (MRAD_ZEROGPU_EMULATE=1 does exactly this on a CPU). A
 prediction, a custom bank built in one call and used in the next, the calibrated view after a prediction, a user
-error whose message arrives intact, and no background thread left touching the model."""
+error whose message arrives intact, and no background thread left touching the model. The GPU durations of every model
+call come from one table (mrad_core/ui/gpu.py), and on a Space the app factory loads the model before serving."""
 import sys
 import threading
 import types
@@ -12,7 +13,8 @@ import pytest
 
 from mrad_core.errors import MRADError
 from mrad_core.settings import Settings
-from mrad_core.zerogpu import gpu_call
+from mrad_core.ui import gpu
+from mrad_core.ui.gpu import gpu_call
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 FILES = ("backbone", "heads", "image_bank", "patch_bank")
@@ -27,12 +29,12 @@ def no_progress(*args, **kwargs):
 def forked(tiny_files):
     """The app around a service whose every model call runs in a fresh fork; the model is loaded in the parent
     first, as app.py does on ZeroGPU."""
-    import app
-    from mrad_core.service import Service
-    service = Service(files={k: tiny_files[k] for k in FILES}, model=tiny_files["model"], device="cpu",
-                      precision="fp32", emulate_zero_gpu=True)
-    service.preload("env")
-    return service, app.build_demo(service).mrad
+    from mrad_core.ui import create_app
+    settings = Settings.from_env(files={k: tiny_files[k] for k in FILES}, model=tiny_files["model"], device="cpu",
+                                 precision="fp32", emulate_zero_gpu=True)
+    page = create_app(settings).mrad
+    page.service.preload("env")
+    return page.service, page
 
 
 def test_prediction_runs_in_a_fresh_worker(forked, tiny_files, tiny_detector):
@@ -118,3 +120,65 @@ def test_on_zero_gpu_the_spaces_decorator_wraps_the_user_errors(monkeypatch):
         assert seen["duration"]([1, 2, 3]) == 16 and seen["threads"] == 1  # first statement in the worker
     finally:
         __import__("torch").set_num_threads(threads)
+
+
+class FakeSpaces:
+    """A stand-in `spaces` module: records each spaces.GPU decoration's duration; the function runs as it is."""
+
+    def __init__(self):
+        self.durations = {}
+
+    def GPU(self, duration=None):
+        def decorate(fn):
+            self.durations[fn] = duration
+            return fn
+        return decorate
+
+
+def test_every_model_call_takes_its_duration_from_the_table(monkeypatch, tiny_files):
+    """On a ZeroGPU Space each model call of the page is a spaces.GPU call whose duration is base + per image × the
+    images the table says it encodes; and create_app loads the model before the page exists (every worker forks
+    from this process)."""
+    from mrad_core.service import Service
+    from mrad_core.ui import create_app
+    spaces = FakeSpaces()
+    monkeypatch.setitem(sys.modules, "spaces", spaces)
+    settings = Settings.from_env({"SPACES_ZERO_GPU": "1", "MRAD_GPU_SECONDS": "3", "MRAD_GPU_SECONDS_BASE": "7"},
+                                 files={k: tiny_files[k] for k in FILES}, model=tiny_files["model"], device="cpu",
+                                 precision="fp32", calibration=False)
+    preloaded = []
+    monkeypatch.setattr(Service, "preload", lambda self, source=None: preloaded.append(source))
+    page = create_app(settings).mrad
+    assert preloaded == [None]  # the default source's model, loaded once, before the page was built
+    duration = {name: spaces.durations[fn] for name, fn in (
+        ("analyze", page.gpu_analyze), ("calibrate", page.gpu_calibrate), ("score_chunk", page.gpu_chunk),
+        ("build_bank", page.gpu_build_bank), ("teach", page.teach.gpu_add), ("profile", page.teach.gpu_calibrate),
+        ("explain", page.teach.gpu_explain))}
+    assert duration["analyze"]("image.png", ["tf"], "env", None) == 7 + 3 * 1
+    assert duration["analyze"]("image.png", ["tf"], "env", None, calibrate=True) == 7 + 3 * 5  # + the references
+    assert duration["calibrate"](None, None) == 7 + 3 * 4
+    assert duration["score_chunk"]([0] * 8, ["tf"]) == 7 + 3 * 8
+    assert duration["build_bank"](["a", "b"], ["c"], "bank") == duration["build_bank"](["a", "b", "c"]) == 7 + 3 * 3
+    assert duration["teach"](None, None, "x.png", calibrate=False) == 7 + 3 * 2
+    assert duration["teach"](None, None, "x.png", calibrate=True) == 7 + 3 * 6
+    assert duration["profile"](["a"] * 5, ["tf"]) == 7 + 3 * 5
+    assert duration["explain"]("x.png", ["tf"], "env") == 7 + 3
+
+
+def test_the_reference_images_of_the_table_are_those_the_calibrated_scale_uses():
+    assert gpu.REFERENCE_IMAGES == len(list((ASSETS / "examples").glob("*_good.png")))
+
+
+def test_the_app_factory_has_no_side_effects_on_import():
+    """Importing the UI package (or its factory) reads no settings (the only reader of the environment) and builds
+    no Service (nor, so, a model)."""
+    import subprocess
+    code = ("import sys, mrad_core.service as s, mrad_core.settings as t\n"
+            "t.Settings.from_env = lambda *a, **k: sys.exit('the settings were read on import')\n"
+            "s.Service.__init__ = lambda *a, **k: sys.exit('a Service was built on import')\n"
+            "import mrad_core.ui, mrad_core.ui.app, mrad_core.ui.sessions, mrad_core.ui.gpu\n"
+            "from mrad_core.ui import create_app\n"
+            "print('clean')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0 and run.stdout.strip() == "clean", run.stderr

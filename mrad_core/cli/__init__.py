@@ -28,9 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv=None, settings=None) -> int:
+    """Run one sub-command. The environment is read here, once (Settings.from_env), unless `settings` are given."""
+    from ..settings import Settings
+
     args = build_parser().parse_args(argv)
     try:
+        args.settings = settings or Settings.from_env()
         return args.run(args) or 0
     except MRADError as e:
         print(f"mrad {args.command}: error: {e}", file=sys.stderr)

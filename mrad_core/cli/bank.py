@@ -120,8 +120,6 @@ def _defects(specs):
 
 
 def run_add(args):
-    from ..detector import Detector
-    from ..loading import resolve_paths
 
     if not args.normal and not args.defect:
         raise MRADError("nothing to add: give --normal IMG ... and/or --defect IMG:MASK ...")
@@ -138,12 +136,8 @@ def run_add(args):
     if taken:
         raise MRADError(f"image id(s) {', '.join(taken[:5])} given twice or already in the bank (ids are the paths "
                         "as given; `mrad bank remove` takes the old entry out first)")
-    backbone = resolve_paths(backbone=args.backbone)["backbone"]
-    if backbone is None:
-        from ..hub import backbone_weights
-        backbone = backbone_weights(config.model_name, config.pretrained)
-    detector = Detector.from_files(backbone, config=config, device=args.device, precision=args.precision,
-                                   batch_size=args.batch_size)
+    from .common import encoder_from_args
+    detector = encoder_from_args(args, args.backbone)  # bank's row of runtime.ENTRY_DEFAULTS (PyTorch)
     if image_bank is not None:
         image_bank.check(detector.backbone.image_dim, "image bank")
         patch_bank.check(detector.backbone.patch_dim, "patch bank")

@@ -15,8 +15,9 @@ from ..config import DEFAULT
 from ..datasets import DATASETS, dataset_name, read_dataset
 from ..distributed import setup, teardown
 from ..errors import MRADError
-from ..loading import resolve_paths
-from .common import add_model_args, engine_from_args
+from ..artefacts.resolve import backbone_file, resolve_paths
+from ..settings import settings_of
+from .common import add_model_args, encoder_from_args
 
 COMMAND = "build-bank"
 
@@ -49,23 +50,19 @@ def _identity(path):
 
 
 def run(args):
-    from ..detector import Detector
-
     if args.batch_size < 1 or args.workers < 0 or args.checkpoint_every < 1:
         raise MRADError("--batch-size and --checkpoint-every must be >= 1, --workers >= 0")
     name = dataset_name(args.dataset)
     records = read_dataset(name, args.data_path, args.split)
-    backbone = given = resolve_paths(backbone=args.backbone)["backbone"]
-    if backbone is None:  # open_clip's pretrained weights, as a local file (Hugging Face cache or download)
-        from ..hub import backbone_weights
-        backbone = backbone_weights(args.model or DEFAULT.model_name, DEFAULT.pretrained)
-    shard, device = setup(args.device)
+    settings = settings_of(args)
+    given = resolve_paths(backbone=args.backbone, files=settings.files)["backbone"]
+    # open_clip's pretrained weights without one: a local file (Hugging Face cache or download)
+    backbone = backbone_file(args.backbone, args.model or settings.model, settings.artefacts)
+    shard, device = setup(args.device, settings.dist_timeout_hours)
     ok = False
     try:
-        config = replace(DEFAULT, model_name=args.model or DEFAULT.model_name)
-        engine = engine_from_args(args, device, openvino_default=True)
-        detector = Detector.from_files(backbone, config=config, device=device, precision=args.precision,
-                                       batch_size=args.batch_size, engine=engine)
+        config = replace(DEFAULT, model_name=args.model or settings.model)
+        detector = encoder_from_args(args, backbone, device)  # build-bank's row of runtime.ENTRY_DEFAULTS
         out = Path(args.out)
         work = out / ".build-work"
         if args.fresh and shard.main:

@@ -1,12 +1,20 @@
-"""Options shared by the sub-commands that load a model, and turning them into a Detector."""
+"""Options shared by the sub-commands that load a model, and turning them into a Detector.
+
+Every command's device, engine and precision come from one call, `runtime_from_args` -> runtime.resolve, with the
+command's name as the entry point (runtime.ENTRY_DEFAULTS holds each command's defaults). The environment was read
+once by `mrad_core.cli.main` into `args.settings`.
+"""
 from __future__ import annotations
 
-import os
+import sys
+from dataclasses import replace
 
+from .. import runtime
+from ..artefacts.registry import DEFAULT_REPO, DEFAULT_REPO_PUBLISHED, DEFAULT_REVISION, TRAINING_SOURCES, \
+    source_for_dataset
 from ..config import DEFAULT, VARIANTS
-from ..detector import resolve_device
-from ..engines import ENGINES, check_engine, default_engine
-from ..registry import DEFAULT_REPO, DEFAULT_REPO_PUBLISHED, DEFAULT_REVISION, TRAINING_SOURCES, source_for_dataset
+from ..engines import ENGINES
+from ..settings import settings_of
 
 FILE_OPTIONS = {  # option -> (environment variable, help)
     "backbone": ("MRAD_BACKBONE", "CLIP ViT-L/14@336 state dict (.safetensors, or a torch file); default: open_clip's "
@@ -17,13 +25,13 @@ FILE_OPTIONS = {  # option -> (environment variable, help)
 }
 
 
-def add_model_args(parser, precision_default="fp32", engine=True):
+def add_model_args(parser, engine=True):
     g = parser.add_argument_group("model files (each defaults to its environment variable)")
     for name, (env, text) in FILE_OPTIONS.items():
         g.add_argument("--" + name.replace("_", "-"), metavar="PATH", default=None,
                        help=f"{text} [${env}]")
-    g.add_argument("--model", default=os.environ.get("MRAD_MODEL") or DEFAULT.model_name, metavar="NAME",
-                   help="open_clip model name or config .json [$MRAD_MODEL] (default: %(default)s)")
+    g.add_argument("--model", default=None, metavar="NAME",
+                   help=f"open_clip model name or config .json [$MRAD_MODEL] (default: {DEFAULT.model_name})")
     h = parser.add_argument_group("weights and banks not given above: checkpoints/ and cache/ in the project, "
                                   "the Hugging Face cache, $MRAD_CACHE_DIR, then a Hub mirror (only when one is "
                                   "set), then the authors' Google Drive ($MRAD_DRIVE_URL)")
@@ -37,9 +45,9 @@ def add_model_args(parser, precision_default="fp32", engine=True):
     h.add_argument("--hub-revision", default=None, metavar="REV",
                    help=f"branch, tag or commit [$MRAD_HUB_REVISION] (default: {DEFAULT_REVISION})")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "bf16-mlp", "auto"), default=precision_default,
+    parser.add_argument("--precision", choices=(*runtime.PRECISIONS, "auto"), default=None,
                         help="backbone precision; fp32 reproduces the reference exactly; bf16-mlp runs only the MLPs "
-                             "in bf16; auto picks the fastest within the accuracy bounds (default: %(default)s)")
+                             "in bf16; auto picks the fastest within the accuracy bounds (default: fp32)")
     if engine:  # who runs the image encoder; commands that train need PyTorch's own
         parser.add_argument("--engine", choices=ENGINES, default=None,
                             help="who runs the image encoder: openvino (CPU; fp32 matches the reference within the "
@@ -49,27 +57,50 @@ def add_model_args(parser, precision_default="fp32", engine=True):
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
 
 
-def engine_from_args(args, device=None, openvino_default=False):
-    """--engine > $MRAD_ENGINE > (precision auto: None, resolved with it) > with openvino_default (predict,
-    build-bank), openvino on a CPU where installed > torch."""
-    engine = getattr(args, "engine", None) or os.environ.get("MRAD_ENGINE") or None
-    if engine is None and getattr(args, "precision", "fp32") != "auto":
-        engine = default_engine(resolve_device(device if device is not None else args.device),
-                                getattr(args, "precision", "fp32")) if openvino_default else "torch"
-    return check_engine(engine) if engine else None
+def model_of(args) -> str:
+    """--model > $MRAD_MODEL > the paper's ViT-L/14@336 (QuickGELU)."""
+    return getattr(args, "model", None) or settings_of(args).model
 
 
-def detector_from_args(args, openvino_default=False):
-    """A Detector from the parsed options; files needed by the requested --variant (if any) must be found."""
-    from ..loading import load_detector
+def config_of(args):
+    return replace(DEFAULT, model_name=model_of(args))
 
+
+def runtime_from_args(args, device=None) -> runtime.Runtime:
+    """--device / --engine ($MRAD_ENGINE) / --precision over this command's defaults (runtime.ENTRY_DEFAULTS);
+    `device` overrides --device (a torchrun rank's own GPU)."""
+    s = settings_of(args)
+    entry = args.command if args.command in runtime.ENTRY_DEFAULTS else "library"
+    return runtime.resolve(entry, device if device is not None else args.device,
+                           getattr(args, "engine", None) or s.engine, getattr(args, "precision", None),
+                           visible_devices=s.visible_devices)
+
+
+def detector_from_args(args, device=None):
+    """A Detector from the parsed options, on this command's runtime (its row of runtime.ENTRY_DEFAULTS); files
+    needed by the requested --variant (if any) must be found."""
+    from ..artefacts.resolve import load_detector
+
+    settings = settings_of(args)
     variant = getattr(args, "variant", None)
     require = VARIANTS if variant == "all" else (variant,) if variant in VARIANTS else ()
     source = getattr(args, "source", None)
-    if source is None and getattr(args, "dataset", None) and not os.environ.get("MRAD_SOURCE"):
+    if source is None and getattr(args, "dataset", None) and not settings.training_source:
         source = source_for_dataset(args.dataset)  # the paper's pairing: MVTec -> VisA files, VisA -> MVTec files
-    return load_detector(args.backbone, args.heads, args.image_bank, args.patch_bank, model=args.model,
-                         device=args.device, precision=args.precision, batch_size=args.batch_size,
-                         engine=engine_from_args(args, openvino_default=openvino_default),
-                         source=source, repo_id=getattr(args, "hub_repo", None),
-                         revision=getattr(args, "hub_revision", None), require=require)
+    return load_detector(args.backbone, args.heads, args.image_bank, args.patch_bank, model=model_of(args),
+                         runtime=runtime_from_args(args, device), batch_size=args.batch_size, source=source,
+                         repo_id=getattr(args, "hub_repo", None), revision=getattr(args, "hub_revision", None),
+                         require=require, options=settings.artefacts, progress=_say)
+
+
+def encoder_from_args(args, backbone_path, device=None):
+    """A Detector without banks (encodes only) for bank building and training, on this command's runtime."""
+    from ..artefacts.resolve import load_detector
+
+    return load_detector(backbone_path, model=model_of(args), runtime=runtime_from_args(args, device),
+                         batch_size=args.batch_size, options=settings_of(args).artefacts, with_banks=False,
+                         progress=_say)
+
+
+def _say(text):
+    print(f"mrad: {text} …", file=sys.stderr, flush=True)

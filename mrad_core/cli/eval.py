@@ -13,7 +13,8 @@ from ..distributed import setup, teardown
 from ..errors import MRADError
 from ..eval_analysis import EvalAnalysis
 from ..evaluate import evaluate, format_table, group_by_class, write_report
-from ..loading import resolve_paths
+from ..artefacts.resolve import resolve_paths
+from ..settings import settings_of
 from .common import add_model_args, detector_from_args
 
 COMMAND = "eval"
@@ -67,7 +68,8 @@ def run(args):
         raise MRADError("--false-alarm-rate must be in [0, 1] and --gallery >= 0")
     name = dataset_name(args.dataset)
     records = _select(read_dataset(name, args.data_path, args.split), args.classes, args.limit)
-    shard, args.device = setup(args.device)
+    settings = settings_of(args)
+    shard, args.device = setup(args.device, settings.dist_timeout_hours)
     ok = False
     try:
         detector = detector_from_args(args)
@@ -82,7 +84,7 @@ def run(args):
         if shard.main:
             delivery = getattr(detector, "delivery", None)  # where load_detector found each file
             paths = delivery.paths if delivery else resolve_paths(args.backbone, args.heads, args.image_bank,
-                                                                  args.patch_bank)
+                                                                  args.patch_bank, files=settings.files)
             info = {"dataset": name, "split": args.split, "data_path": str(Path(args.data_path).resolve()),
                     "variants": list(variants), "n_images": len(records), "model": args.model,
                     "files": {k: (Path(v).name if v else None) for k, v in paths.items()},

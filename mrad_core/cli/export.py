@@ -10,13 +10,13 @@ what goes in and out (the README's "Exporting the encoder" section has a runnabl
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from ..config import DEFAULT, OPENAI_MEAN, OPENAI_STD
 from ..errors import MRADError
+from ..settings import settings_of
 
 COMMAND = "export"
 FORMATS = ("openvino", "onnx")
@@ -58,22 +58,26 @@ def export_onnx(backbone, path: Path):
         torch.backends.mha.set_fastpath_enabled(fast)
 
 
-def export(fmt: str, out, backbone_path=None, model=None) -> list[Path]:
-    """Write the encoder in `fmt` to directory `out`; returns the files written."""
-    from .. import hub
+def export(fmt: str, out, backbone_path=None, model=None, settings=None) -> list[Path]:
+    """Write the encoder in `fmt` to directory `out`; returns the files written. `settings`: MRAD_MODEL,
+    MRAD_BACKBONE and the cache directory (None = the defaults, no environment)."""
+    from ..artefacts import hub
+    from ..artefacts.digest import file_sha256
     from ..backbone import Backbone
+    from ..settings import Settings
     from ..engines import OUTPUTS, cached_ir
 
     if fmt not in FORMATS:
         raise MRADError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    config = replace(DEFAULT, model_name=model or os.environ.get("MRAD_MODEL") or DEFAULT.model_name)
-    backbone_path = backbone_path or os.environ.get("MRAD_BACKBONE") or \
-        hub.backbone_weights(config.model_name, config.pretrained, allow_download=True)
+    settings = settings or Settings()
+    config = replace(DEFAULT, model_name=model or settings.model)
+    backbone_path = backbone_path or settings.files.get("backbone") or \
+        hub.backbone_weights(config.model_name, config.pretrained, allow_download=True, cache_dir=settings.cache_dir)
     backbone = Backbone.load(backbone_path, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "openvino":
-        xml, _ = cached_ir(backbone)  # the engine's own cached conversion
+        xml, _ = cached_ir(backbone, settings.cache_dir / "openvino")  # the engine's own cached conversion
         files = [out / "mrad_encoder.xml", out / "mrad_encoder.bin"]
         shutil.copyfile(xml, files[0])
         shutil.copyfile(xml.with_suffix(".bin"), files[1])
@@ -85,7 +89,7 @@ def export(fmt: str, out, backbone_path=None, model=None) -> list[Path]:
     meta = {
         "format": fmt, "files": [f.name for f in files], "model": config.model_name,
         "backbone": str(backbone_path) if backbone_path else None,
-        "backbone_sha256": hub.file_sha256(backbone_path) if backbone_path else None,
+        "backbone_sha256": file_sha256(backbone_path, settings.cache_dir) if backbone_path else None,
         "inputs": {"pixels": {"shape": ["B", 3, s, s], "dtype": "float32"}},
         "outputs": {n: {"shape": shape, "dtype": "float32"} for n, shape in zip(OUTPUTS, (
             ["B", e], ["B", g * g, w], ["B", g * g, e]))},
@@ -102,6 +106,6 @@ def export(fmt: str, out, backbone_path=None, model=None) -> list[Path]:
 
 
 def run(args):
-    files = export(args.format, args.out, args.backbone, args.model)
+    files = export(args.format, args.out, args.backbone, args.model, settings_of(args))
     print(f"wrote {', '.join(str(f) for f in files)}")
     return 0

@@ -7,11 +7,13 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import drive
+from ..artefacts import drive
+from ..artefacts.digest import file_sha256
+from ..artefacts.hub import unreachable
+from ..artefacts.registry import REGISTRY, TRAINING_SOURCES
 from ..errors import MRADError
 from ..files import atomic
-from ..hub import file_sha256, project_dirs, unreachable
-from ..registry import REGISTRY, TRAINING_SOURCES
+from ..settings import settings_of
 
 COMMAND = "fetch-official"
 GROUPS = {"heads": ("heads",), "banks": ("image_bank", "patch_bank")}
@@ -21,8 +23,8 @@ def add_parser(sub, name):
     p = sub.add_parser(name, help="download the authors' banks and checkpoints (Google Drive, by file id)",
                        description="Download the MRAD authors' memory banks into cache/ and their MRAD-CLIP "
                                    "checkpoints into checkpoints/, file by file from Google Drive (MRAD_DRIVE_URL), "
-                                   "each checked against the sha256 in mrad_core/registry.py (MRAD_ACCEPT_DIGESTS "
-                                   "accepts others). Downloads go through $MRAD_CACHE_DIR/drive; the project gets "
+                                   "each checked against the sha256 in mrad_core/artefacts/registry.py "
+                                   "(MRAD_ACCEPT_DIGESTS accepts others). Downloads go through $MRAD_CACHE_DIR/drive; the project gets "
                                    "copies. `mrad convert` then turns them into safetensors.")
     p.add_argument("--root", default=None, metavar="DIR",
                    help="project directory holding cache/ and checkpoints/ (default: $MRAD_PROJECT_DIR, else here)")
@@ -48,28 +50,28 @@ def _place(src: Path, dest: Path):
             shutil.copyfile(src, tmp)
 
 
-def verdict(art, path: Path) -> tuple:
+def verdict(art, path: Path, options) -> tuple:
     """(ok, text) for one local file against the registry's table."""
-    digest, off = file_sha256(path), art.official
+    digest, off = file_sha256(path, options.cache_dir), art.official
     if digest == off.sha256:
         return True, "ok       sha256 matches the table"
-    if digest in drive.accepted(off):
+    if digest in drive.accepted(off, options):
         return True, f"accepted sha256 {digest} (MRAD_ACCEPT_DIGESTS; the table says {off.sha256})"
     return False, f"MISMATCH sha256 {digest}, the table says {off.sha256}"
 
 
-def verify(arts, root: Path) -> int:
+def verify(arts, root: Path, options) -> int:
     bad = 0
     for art in arts:
         off = art.official
-        places = [root / art.local_dir / off.name, drive.cache_dir() / off.name]
+        places = [root / art.local_dir / off.name, drive.cache_dir(options) / off.name]
         found = [p for p in places if p.is_file()]
         if not found:
             bad += 1
             print(f"  MISSING  {off.name} (looked in {', '.join(str(p.parent) for p in places)}; Drive id "
                   f"{off.drive_id}, {off.link})")
         for path in found:
-            ok, text = verdict(art, path)
+            ok, text = verdict(art, path, options)
             bad += not ok
             print(f"  {text}: {path} ({path.stat().st_size:,} bytes)")
     print(f"{bad} file(s) missing or not matching" if bad else "every file matches the registry's table")
@@ -77,26 +79,28 @@ def verify(arts, root: Path) -> int:
 
 
 def run(args):
-    root = Path(args.root) if args.root else project_dirs()[0]
+    options = settings_of(args).artefacts
+    root = Path(args.root) if args.root else options.project_dirs()[0]
     arts = selected(args)
     if args.verify:
-        print(f"checking the authors' files in {root} and {drive.cache_dir()} against mrad_core/registry.py:")
-        return verify(arts, root)
-    if drive.url_template() is None:
+        print(f"checking the authors' files in {root} and {drive.cache_dir(options)} against "
+              f"mrad_core/artefacts/registry.py:")
+        return verify(arts, root, options)
+    if drive.url_template(options) is None:
         raise MRADError("Google Drive downloads are off (MRAD_DRIVE_URL=off or HF_HUB_OFFLINE=1): unset them, or "
                         "download the files by hand (`mrad fetch-official --verify` lists their links)")
     failures = []
     for art in arts:
         off = art.official
         dest = root / art.local_dir / off.name
-        if dest.is_file() and verdict(art, dest)[0]:
+        if dest.is_file() and verdict(art, dest, options)[0]:
             print(f"  present  {dest} (sha256 checked)")
             continue
         if dest.is_file():
-            print(f"  replacing {dest}: {verdict(art, dest)[1]}")
+            print(f"  replacing {dest}: {verdict(art, dest, options)[1]}")
         print(f"fetching {off.name} ({art.label}) from Google Drive, file id {off.drive_id}")
         try:
-            cached = drive.fetch_original(art, [root])
+            cached = drive.fetch_original(art, [root], options)
         except drive.DriveError as e:
             failures.append(str(e))
             print(f"  FAILED   {off.name}")
@@ -104,7 +108,7 @@ def run(args):
                 break
             continue
         _place(cached, dest)
-        print(f"  fetched  {dest} ({dest.stat().st_size:,} bytes, sha256 {file_sha256(dest)})")
+        print(f"  fetched  {dest} ({dest.stat().st_size:,} bytes, sha256 {file_sha256(dest, options.cache_dir)})")
     if failures:
         raise MRADError(" | ".join(failures))
     print("all files are in place and verified; the app and `mrad predict` find them there "

@@ -9,9 +9,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..artefacts import ArtefactOptions
+from ..artefacts.digest import file_sha256
+from ..artefacts.registry import BACKBONE, LICENCES, REGISTRY, SPDX
 from ..errors import MRADError, first_line
-from ..hub import project_dirs
-from ..registry import BACKBONE, LICENCES, REGISTRY, SPDX
+from ..settings import settings_of
 
 COMMAND = "publish"
 
@@ -32,9 +34,11 @@ def add_parser(sub, name):
     p.set_defaults(run=run)
 
 
-def find_files(dirs=None) -> list:
-    """[(Artefact, path)] for every registry file present in the given directories (default: the project's)."""
-    dirs = [Path(d) for d in dirs] if dirs else [r / sub for r in project_dirs() for sub in ("checkpoints", "cache")]
+def find_files(dirs=None, roots=None) -> list:
+    """[(Artefact, path)] for every registry file present in the given directories (default: checkpoints/ and
+    cache/ of the project directories `roots`)."""
+    roots = roots or ArtefactOptions().project_dirs()
+    dirs = [Path(d) for d in dirs] if dirs else [Path(r) / sub for r in roots for sub in ("checkpoints", "cache")]
     found = {}
     for art in REGISTRY.values():
         for d in dirs:
@@ -97,11 +101,9 @@ Files built from MVTec AD may be used for non-commercial purposes only (CC BY-NC
 """
 
 
-def stage(files: list, repo_id: str, folder: Path) -> dict:
+def stage(files: list, repo_id: str, folder: Path, cache_dir=None) -> dict:
     """Link (or copy) the files into `folder` with README.md and SHA256SUMS. Returns {filename: sha256}."""
-    from ..hub import file_sha256
-
-    digests = {art.filename: file_sha256(path) for art, path in files}
+    digests = {art.filename: file_sha256(path, cache_dir) for art, path in files}
     folder.mkdir(parents=True, exist_ok=True)
     for art, path in files:
         dest = folder / art.filename
@@ -115,18 +117,20 @@ def stage(files: list, repo_id: str, folder: Path) -> dict:
 
 
 def run(args):
-    files = find_files(args.sources)
+    options = settings_of(args).artefacts
+    roots = options.project_dirs()
+    files = find_files(args.sources, roots)
     if not files:
-        where = ", ".join(args.sources or [str(r / s) for r in project_dirs() for s in ("checkpoints", "cache")])
+        where = ", ".join(args.sources or [str(r / s) for r in roots for s in ("checkpoints", "cache")])
         raise MRADError(f"no mrad_*.safetensors files in {where}: run `mrad convert` on the authors' files first")
     if args.dry_run:
-        digests = stage(files, args.repo, Path(args.dry_run))
+        digests = stage(files, args.repo, Path(args.dry_run), options.cache_dir)
         print(f"staged {len(files)} file(s) + README.md + SHA256SUMS in {args.dry_run} (nothing uploaded)")
     else:
         from huggingface_hub import HfApi
         api = HfApi()
         with tempfile.TemporaryDirectory(prefix="mrad-publish-") as tmp:
-            digests = stage(files, args.repo, Path(tmp))
+            digests = stage(files, args.repo, Path(tmp), options.cache_dir)
             try:
                 api.create_repo(args.repo, repo_type="model", private=args.private, exist_ok=True)
                 info = api.upload_folder(repo_id=args.repo, folder_path=tmp, revision=args.revision,

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MRADError
-from .common import add_model_args
+from .common import add_model_args, encoder_from_args, model_of
 
 COMMAND = "train"
 
@@ -20,7 +20,8 @@ def add_parser(sub, name):
         description="Encode every image of the split once with the frozen CLIP, build the image and patch memory "
                     "banks from those encodings, then train: MRAD-FT = 1 epoch of image_proj + patch_proj (cosine "
                     "lr to 1e-6); MRAD-CLIP = 1 FT epoch, then 5 epochs of prompt_learner + prompt_proj. Writes "
-                    "OUT/heads_epoch{N}.safetensors after every epoch, OUT/heads.safetensors at the end, "
+                    "OUT/heads_epoch{N}.safetensors and OUT/checkpoint.safetensors (for --resume) after every epoch, "
+                    "OUT/heads.safetensors at the end, "
                     "OUT/image_bank.safetensors + OUT/patch_bank.safetensors (the banks it trained with) and "
                     "OUT/train.log. As in the paper, train on one dataset's test split (e.g. VisA) and test on "
                     "the others. --batch-size is both the training batch (8 in the reference) and the encoding "
@@ -41,6 +42,10 @@ def add_parser(sub, name):
     p.add_argument("--official", action="store_true",
                    help="also write the official checkpoint layout (mrad_{variant}_epoch_N.pth, "
                         "mrad_{variant}_final.pth)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.safetensors (the whole training state at the end of the last "
+                        "finished epoch, written atomically) with the same options: the losses are those of an "
+                        "uninterrupted run; without a checkpoint yet, start from the first epoch")
     p.add_argument("--workers", type=int, default=2, help="image loading processes (default: %(default)s)")
     p.add_argument("--features", metavar="DIR", default=None,
                    help="where to keep the per-image encodings (default: OUT/features; ~10 MB per image)")
@@ -72,12 +77,11 @@ def _heads(args, backbone, variant):
 
 
 def run(args):
-    from ..backbone import Backbone
     from ..bank import MemoryBank
     from ..config import DEFAULT
     from ..datasets import dataset_name, read_dataset, record_id
-    from ..detector import Detector
-    from ..loading import resolve_paths
+    from ..artefacts.resolve import resolve_paths
+    from ..settings import settings_of
     from ..train import TrainConfig, TrainLog, encode_dataset, train
 
     cfg = TrainConfig(variant=args.variant, ft_epochs=args.ft_epochs, clip_epochs=args.clip_epochs, lr=args.lr,
@@ -89,10 +93,9 @@ def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = TrainLog(out / "train.log")
-    backbone_path = resolve_paths(backbone=args.backbone)["backbone"]
-    config = replace(DEFAULT, model_name=args.model or DEFAULT.model_name)
-    detector = Detector(Backbone.load(backbone_path, config), device=args.device, precision=args.precision,
-                        batch_size=args.batch_size)
+    backbone_path = resolve_paths(backbone=args.backbone, files=settings_of(args).files)["backbone"]
+    config = replace(DEFAULT, model_name=model_of(args))
+    detector = encoder_from_args(args, backbone_path)  # train's row of runtime.ENTRY_DEFAULTS (PyTorch)
     heads = _heads(args, detector.backbone, args.variant)
     log(f"mrad train --variant {args.variant} --dataset {name} --data-path {args.data_path} ({args.split}: "
         f"{len(records)} images, {sum(r.anomaly for r in records)} anomalous) on {detector.device}")
@@ -110,7 +113,8 @@ def run(args):
     image_bank.save(out / "image_bank.safetensors")
     patch_bank.save(out / "patch_bank.safetensors")
     meta = {"dataset": name, "split": args.split, "images": len(store), "init": str(args.init or args.heads or "fresh")}
-    train(heads, detector.backbone, store, image_bank, patch_bank, cfg, out, device=detector.device, meta=meta)
+    train(heads, detector.backbone, store, image_bank, patch_bank, cfg, out, device=detector.device, meta=meta,
+          resume=args.resume)
     if not args.keep_features:
         shutil.rmtree(features, ignore_errors=True)
     print(f"done in {time.time() - t0:.0f} s: heads {out / 'heads.safetensors'}, banks of the training set "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..errors import MRADError
-from ..zerogpu import user_errors
+from .gpu import user_errors
 
 
 class BankTab:
@@ -43,4 +43,4 @@ class BankTab:
         report = f"**Bank ready:** {self.page.service.catalogue.bank_info(bank_id)}. Memory bank switched to *My bank*." + \
             "".join(f"\n- {n}" for n in notes)
         files = [str(p) for p in self.page.service.catalogue.bank_files(bank_id)]
-        return report, files, bank_id, bank_id, "custom"
+        return report, files, bank_id, bank_id, "custom"  # a plain value: the /build_bank API returns it

@@ -7,7 +7,7 @@ import gradio as gr
 from .. import batch, records, viz
 from ..config import VARIANTS
 from ..errors import MRADError
-from ..zerogpu import user_errors
+from .gpu import user_errors
 
 
 class BatchTab:
@@ -18,7 +18,7 @@ class BatchTab:
         gr.Markdown("Many images at once: files, ZIP archives or a folder. Each image is encoded once; bad files are "
                     "listed, the rest scored. Uses the memory bank and variants chosen above.")
         with gr.Row():
-            self.files = gr.File(file_count="multiple", label="Images or ZIP archives")
+            self.files = gr.File(file_count="multiple", label="Images or ZIP archives", elem_id="batch-files")
             self.folder = gr.File(file_count="directory", label="…or a folder")
         with gr.Row():
             self.batch_threshold = gr.Slider(0, 1, 0.5, step=0.01, label="Image threshold (verdicts in the CSV)")
@@ -27,8 +27,9 @@ class BatchTab:
                                        value="raw", label="Map normalisation of the overlays")
         self.run_batch = gr.Button("Score all", variant="primary", elem_id="run-batch")
         self.batch_report = gr.Markdown()
-        self.gallery = gr.Gallery(label="Sorted by mean score (highest first)", columns=4, height="auto")
-        self.table = gr.Dataframe(label="Results", wrap=True)
+        self.gallery = gr.Gallery(label="Sorted by mean score (highest first); ✗ anomalous, ✓ normal", columns=2,
+                                  height="auto", object_fit="contain", elem_id="batch-gallery")
+        self.table = gr.Dataframe(label="Results", wrap=False, elem_id="batch-table")  # headers on one line
         with gr.Row():
             self.batch_csv = gr.File(label="CSV")
             self.batch_zip = gr.File(label="ZIP: overlays (PNG), raw maps (.npy, 518×518 float32), CSV")
@@ -50,7 +51,8 @@ class BatchTab:
         view = viz.View(float(pixel_threshold), normalisation=normalisation)
         self.page.service.tidy()
         r = batch.run_batch(self.page.service, paths, variants, self.page.source_of(source), bank_id, view,
-                            float(image_threshold), lambda p, d: progress(p, desc=d), score=self.page.gpu_chunk)
+                            float(image_threshold), lambda p, d: progress(p, desc=d), score=self.page.gpu_chunk,
+                            per_image=not self.page.settings.zero_gpu)
         table = [[row.get(c, "") for c in r.columns] for row in r.rows]
         n_ok = len(r.rows) - len(r.errors)
         report = f"**{n_ok} image(s) scored** with {', '.join(records.name(v) for v in r.variants)}, sorted by mean " \

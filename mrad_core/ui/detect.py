@@ -8,14 +8,15 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import batch, records, viz
+from .. import batch, records, teaching, viz
 from ..config import VARIANTS
 from ..errors import MRADError
 from ..images import ImageError, load_image
-from ..zerogpu import user_errors
+from .gpu import user_errors
 from . import text
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "assets" / "examples").glob("*.png"))
+REFUSED = "⚠️ **Image refused:**"
 CONTROLS = ("image_threshold", "pixel_threshold", "opacity", "colormap", "contours", "binary", "normalisation")
 
 
@@ -34,6 +35,11 @@ def image_input(**kwargs) -> gr.Image:
 
     image.preprocess = preprocess
     return image
+
+
+def split_profile(values) -> tuple:
+    """(the CONTROLS values, the inspection profile or None) of a handler's trailing arguments."""
+    return tuple(values[:len(CONTROLS)]), (values[len(CONTROLS)] if len(values) > len(CONTROLS) else None)
 
 
 def view_of(pixel_threshold, opacity, colormap, contours, binary, normalisation) -> viz.View:
@@ -62,11 +68,12 @@ class DetectTab:
                 c["normalisation"] = gr.Radio([("raw", "raw"), ("min–max", "minmax"), ("calibrated", "calibrated")],
                                               value="raw", label="Map normalisation", elem_id="normalisation")
                 with gr.Accordion("Overlay style", open=False):
-                    c["opacity"] = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay opacity")
-                    c["colormap"] = gr.Dropdown(list(viz.COLORMAPS), value="turbo", label="Colormap")
+                    c["opacity"] = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
+                    c["colormap"] = gr.Dropdown(list(viz.COLORMAPS), value="turbo", label="Colormap",
+                                                 elem_id="colormap")
                     with gr.Row():
-                        c["contours"] = gr.Checkbox(True, label="Contours")
-                        c["binary"] = gr.Checkbox(False, label="Binary mask")
+                        c["contours"] = gr.Checkbox(True, label="Contours", elem_id="contours")
+                        c["binary"] = gr.Checkbox(False, label="Binary mask", elem_id="binary")
                 gr.Examples([[p] for p in EXAMPLES], [d.image], label="Synthetic examples (procedural)",
                             examples_per_page=8)
             with gr.Column(scale=3):
@@ -74,7 +81,7 @@ class DetectTab:
                 with gr.Row():
                     for v in VARIANTS:
                         with gr.Column(min_width=220, elem_id=f"result-{v}") as d.columns[v]:
-                            d.sliders[v] = gr.ImageSlider(label=f"{records.name(v)}: original | overlay",
+                            d.sliders[v] = gr.ImageSlider(label=f"{records.name(v)}: input | map",
                                                           elem_id=f"overlay-{v}", slider_position=5, max_height=300)
                             d.cards[v] = gr.HTML(f"<div id='card-{v}'></div>")
                 d.legend = gr.HTML()
@@ -100,19 +107,24 @@ class DetectTab:
         p, d = self.page, self
         live = dict(concurrency_limit=None, trigger_mode="always_last", show_progress="hidden")
         controls, results = self.control_inputs, self.outputs
+        profile = p.teach.profile  # the inspection profile of the Make it yours panel (None: the slider judges)
         d.run.click(self.start, [p.analysis], [d.summary, d.run, *d.columns.values()], queue=False,
                     api_visibility="private"
-                    ).then(self.detect_image, [d.image, p.variants, p.source, p.bank_id, p.levels, *controls],
-                           [p.analysis, p.levels, *results], api_visibility="private", show_progress="full",
-                           show_progress_on=[d.summary, *d.sliders.values()], **p.model_events
-                           ).then(lambda: gr.Button(interactive=True), None, d.run, queue=False,
-                                  api_visibility="private")
+                    ).then(self.detect_image, [d.image, p.variants, p.source, p.bank_id, p.levels, *controls,
+                                               profile],
+                           [p.analysis, p.levels, d.run, p.notice, *results], api_visibility="private",
+                           show_progress="full",
+                           show_progress_on=[d.summary], **p.model_events)
         for c in controls:
-            c.input(self.render, [p.analysis, *controls], results, api_visibility="private", **live)
-        d.controls["normalisation"].input(self.calibrate, [p.analysis, p.bank_id, p.levels, *controls],
+            c.input(self.render, [p.analysis, *controls, profile], results, api_visibility="private", **live)
+        d.controls["normalisation"].input(self.calibrate, [p.analysis, p.bank_id, p.levels, *controls, profile],
                                           [p.analysis, p.levels, *results], api_visibility="private",
-                                          **p.model_events)
-        d.image.upload(self.check_upload, d.image, d.image, api_visibility="private", queue=False)
+                                          show_progress="full", show_progress_on=[d.summary], **p.model_events)
+        # a profile calibrated or loaded in the Make it yours panel: each card at its variant's threshold
+        profile.change(self.render, [p.analysis, *controls, profile], results, api_visibility="private",
+                       show_progress="hidden", queue=False)
+        d.image.upload(self.check_upload, [d.image, d.summary], [d.image, d.summary], api_visibility="private",
+                       concurrency_limit=None, show_progress="hidden")
         d.export.click(lambda *a: gr.File(self.export_csv(*a), visible=True), [p.analysis, *controls], d.csv,
                        api_visibility="private")
         gr.on([p.source.change, p.variants.change], self.mark_stale, [p.analysis, p.source, p.variants], d.summary,
@@ -127,8 +139,27 @@ class DetectTab:
         return {self.summary: note, self.run: gr.Button(interactive=False),
                 **{c: gr.Column(elem_classes=["stale"]) for c in self.columns.values()}}
 
-    @user_errors
     def detect_image(self, image, variants, source, bank_id, levels, *controls, progress=gr.Progress()):
+        """Detect pressed: the results, or (any error) the earlier results kept, the error said in the summary and
+        in a toast; the button comes back either way. `controls`: the CONTROLS values, then optionally the
+        inspection profile."""
+        controls, profile = split_profile(controls)
+        try:
+            out = self._detect(image, variants, source, bank_id, levels, profile, *controls, progress=progress)
+        except gr.Error as e:
+            return {**self.failed("Detect", e), self.page.notice: text.startup_notice(self.page.service, e.message)}
+        return {**out, self.run: gr.Button(interactive=True), self.page.notice: text.startup_notice(self.page.service)}
+
+    def failed(self, what: str, error: gr.Error) -> dict:
+        """The outputs after a failed model call: the reason in the summary and a toast, the button back, the
+        earlier results as they were (not greyed)."""
+        gr.Warning(f"{what} failed: {error.message}", duration=None)
+        return {self.summary: f"❌ **{what} failed:** {error.message}  \n_The results below (if any) are the earlier "
+                              "ones._", self.run: gr.Button(interactive=True),
+                **{c: gr.Column(elem_classes=[]) for c in self.columns.values()}}
+
+    @user_errors
+    def _detect(self, image, variants, source, bank_id, levels, profile, *controls, progress=None):
         if image is None:
             raise MRADError("no image: upload one, paste one or click an example")
         source = self.page.source_of(source)
@@ -137,20 +168,25 @@ class DetectTab:
         key = self.page.calibration_key(source, bank_id)
         progress(0, desc="starting")
         a = self.page.gpu_analyze(image, variants, source, bank_id, calibrate=view.normalisation == "calibrated",
-                             calibrations=(levels or {}).get(key), progress=self.page.reporter(progress))
+                                  calibrations=(levels or {}).get(key), progress=self.page.reporter(progress))
         for note in a.notes:
             gr.Info(f"{a.name}: {note}")
         levels = {**(levels or {}), key: {v: o.calibration for v, o in a.outputs.items() if o.calibration}}
-        return {self.page.analysis: a, self.page.levels: levels, **self.render(a, *controls)}
+        if profile is not None:  # shown on the profile's scale (as the Make it yours panel does)
+            a = teaching.with_levels(a, teaching.profile_levels(profile))
+        return {self.page.analysis: a, self.page.levels: levels, **self.render(a, *controls, profile=profile)}
 
-    def render(self, a, image_threshold, pixel_threshold, opacity, colormap, contours, binary, normalisation):
-        """Re-draw the three columns, the summary and the JSON from the cached maps: no model call, no file."""
+    def render(self, a, image_threshold, pixel_threshold, opacity, colormap, contours, binary, normalisation,
+               profile=None):
+        """Re-draw the three columns, the summary and the JSON from the cached maps: no model call, no file.
+        With an inspection `profile`, each variant it has thresholds for is judged by its own threshold."""
         d = self
         if a is None:
             return {d.summary: "Results appear here.", **{c: gr.Column(elem_classes=[]) for c in d.columns.values()}}
         view = view_of(pixel_threshold, opacity, colormap, contours, binary, normalisation)
-        out = {d.summary: text.summary_md(a, image_threshold, view), d.legend: text.legend_html(colormap, pixel_threshold,
-                                                                                        normalisation),
+        judge = text.Thresholds(float(image_threshold), profile)
+        out = {d.summary: text.summary_md(a, judge, view), d.legend: text.legend_html(colormap, pixel_threshold,
+                                                                                    normalisation),
                d.json: a.summary(float(image_threshold), view)}
         for v in VARIANTS:
             o = a.outputs.get(v)
@@ -161,29 +197,42 @@ class DetectTab:
                                                            f"{why}</i></div>"})
                 continue
             overlay, area = viz.render(a.image, o.map, view, o.calibration)
-            out.update({d.sliders[v]: (a.image, overlay), d.cards[v]: text.card_html(o, area, image_threshold, view)})
+            out.update({d.sliders[v]: (a.image, overlay), d.cards[v]: text.card_html(o, area, judge, view)})
         return out
 
-    @user_errors
-    def calibrate(self, a, bank_id, levels, *controls):
-        """The calibrated scale was chosen: compute its levels once (a model call) if this result lacks them."""
+    def calibrate(self, a, bank_id, levels, *controls, progress=gr.Progress()):
+        """The calibrated scale was chosen: compute its levels once (a model call) if this result lacks them; any
+        other choice changes nothing here (`render` re-draws). `controls` as for `detect_image`."""
+        controls, profile = split_profile(controls)
         if a is None or controls[-1] != "calibrated" or a.calibrated:
-            return {}
-        key = self.page.calibration_key(a.source, bank_id)
-        a = self.page.gpu_calibrate(a, bank_id, (levels or {}).get(key))
-        levels = {**(levels or {}), key: {v: o.calibration for v, o in a.outputs.items() if o.calibration}}
-        return {self.page.analysis: a, self.page.levels: levels, **self.render(a, *controls)}
+            return gr.skip()
+        try:
+            return self._calibrate(a, bank_id, levels, profile, *controls, progress=progress)
+        except gr.Error as e:
+            out = self.failed("Computing the calibrated scale", e)
+            out.pop(self.run)
+            return out
 
-    def check_upload(self, image):
-        """Refuse a bad image at upload, with the reason (the page keeps working)."""
+    @user_errors
+    def _calibrate(self, a, bank_id, levels, profile, *controls, progress=None):
+        key = self.page.calibration_key(a.source, bank_id)
+        progress(0, desc="calibrating the map scale on the normal reference images")
+        a = self.page.gpu_calibrate(a, bank_id, (levels or {}).get(key), progress=self.page.reporter(progress))
+        levels = {**(levels or {}), key: {v: o.calibration for v, o in a.outputs.items() if o.calibration}}
+        return {self.page.analysis: a, self.page.levels: levels, **self.render(a, *controls, profile=profile)}
+
+    def check_upload(self, image, summary=None):
+        """Refuse a bad image at upload, with the reason on the page (summary) and in a toast; the page keeps
+        working."""
+        refused = str(summary or "").startswith(REFUSED)
         if image is None:
-            return None
+            return gr.skip(), gr.skip()
         try:
             load_image(image, self.page.settings.max_pixels)
         except ImageError as e:
-            gr.Warning(str(e), duration=None)
-            return None
-        return gr.update()
+            gr.Warning(f"Image refused: {e}", duration=None)
+            return None, f"{REFUSED} {e}. Choose another image."
+        return gr.skip(), ("Image ready: press **Detect anomalies**." if refused else gr.skip())
 
     def export_csv(self, a, image_threshold, *controls):
         if a is None:

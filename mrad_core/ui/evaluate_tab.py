@@ -14,9 +14,9 @@ import gradio as gr
 from .. import records
 from ..config import VARIANTS
 from ..errors import MRADError
-from ..eval_report import ChunkScorer, evaluate_samples, report_json
+from ..eval_report import evaluate_samples, report_json
 from ..labelled import MAX_IMAGES, read_labelled_list
-from ..zerogpu import user_errors
+from .gpu import user_errors
 
 INTRO = ("**How well does each variant separate good from bad on *your* parts?** Upload a ZIP with `good/` and "
          "`bad/` folders (optionally `masks/`, named after the bad images) or in the MVTec layout "
@@ -28,14 +28,6 @@ BOTH = "upload either a labelled ZIP or separate good/defective images, not both
 NO_THRESHOLD = "no threshold to apply for {variant}: evaluate first (a threshold needs good and defective images)"
 KINDS = {"f1": "F1-optimal", "fpr": "at the false-alarm rate"}
 SHOWN_ERRORS = 20
-
-
-class _Skipped(Exception):
-    """A chosen variant cannot run with this bank (known only once the model call has loaded it)."""
-
-    def __init__(self, skipped: dict):
-        super().__init__(skipped)
-        self.skipped = skipped
 
 
 def _path(f) -> str:
@@ -80,8 +72,10 @@ class EvaluateTab:
         gr.Markdown(INTRO)
         with gr.Row():
             self.zip = gr.File(label="Labelled ZIP", file_types=[".zip"], elem_id="eval-zip")
-            self.good = gr.File(file_count="multiple", label="…or good images", file_types=["image"])
-            self.bad = gr.File(file_count="multiple", label="…and defective images", file_types=["image"])
+            self.good = gr.File(file_count="multiple", label="…or good images", file_types=["image"],
+                                elem_id="eval-good")
+            self.bad = gr.File(file_count="multiple", label="…and defective images", file_types=["image"],
+                               elem_id="eval-bad")
             self.masks = gr.File(file_count="multiple", label="Masks of the defective images (optional: same file "
                                  "name, or name_mask.png)", file_types=["image"])
         with gr.Row():
@@ -97,8 +91,9 @@ class EvaluateTab:
             self.variant = gr.Dropdown([(records.name(v), v) for v in VARIANTS], value=VARIANTS[0], label="of variant")
             self.apply = gr.Button("Apply to the Detect tab's image threshold", elem_id="eval-apply")
         self.plots = gr.Gallery(label="ROC / PR and PRO curves, score histograms (per class, then all images)",
-                                columns=2, height="auto")
-        self.mistakes = gr.Gallery(label="Worst mistakes: image | overlay | ground truth", columns=1, height="auto")
+                                columns=2, height="auto", object_fit="contain", elem_id="eval-plots")
+        self.mistakes = gr.Gallery(label="Worst mistakes: image | overlay | ground truth", columns=1, height="auto",
+                                   object_fit="contain", elem_id="eval-mistakes")
         self.download = gr.File(label="Report ZIP: metrics.json/csv, scores.csv, analysis.json, plots, overlays")
         self.found = gr.State({})  # {"f1": {variant: threshold | None}, "fpr": {...}} of the last evaluation
 
@@ -125,34 +120,13 @@ class EvaluateTab:
         chosen = [v for v in VARIANTS if v in (variants or [])]
         if not chosen:
             raise MRADError("choose at least one variant (above)")
-        available = p.service.catalogue.variants(source, bank_id)  # from the files, loads nothing
-        skipped = {v: "this memory bank has no heads for it" for v in chosen if v not in available}
-        run = [v for v in chosen if v not in skipped]
-        if not run:
-            raise MRADError("none of the chosen variants can run with this memory bank: " + "; ".join(
-                f"{records.name(v)}: {why}" for v, why in skipped.items()))
-
-        def score(pixels, vs):  # one model call per batch, every variant from one encoding
-            chunk = p.gpu_chunk(pixels, vs, source, bank_id)
-            if set(chunk.skipped) & set(vs):
-                raise _Skipped(chunk.skipped)
-            return chunk.results
-
+        scorer = p.service.scorer(source, bank_id, call=p.gpu_chunk, per_image=not p.settings.zero_gpu)
+        run, skipped = scorer.plan(chosen)  # exact: loads the source's detector
         p.service.tidy()
         settings = p.settings
-        for _ in range(2):  # a second pass only if loading revealed a variant this bank cannot run
-            scorer = ChunkScorer(score, p.service.config.image_size)
-            try:
-                return evaluate_samples(scorer, samples, run, progress=progress, workdir=p.service.workdir,
-                                        false_alarm_rate=float(rate), gallery=int(gallery),
-                                        batch_size=settings.batch_size, max_images=settings.max_batch), skipped
-            except _Skipped as e:
-                skipped.update(e.skipped)
-                run = [v for v in run if v not in e.skipped]
-                if not run:
-                    raise MRADError("none of the chosen variants can run with this memory bank: " + "; ".join(
-                        f"{records.name(v)}: {why}" for v, why in skipped.items())) from None
-        raise MRADError("the variants this memory bank can run changed during the evaluation: try again")
+        return evaluate_samples(scorer, samples, run, progress=progress, workdir=p.service.workdir,
+                                false_alarm_rate=float(rate), gallery=int(gallery),
+                                batch_size=settings.batch_size, max_images=settings.max_batch), skipped
 
     @user_errors
     def evaluate(self, zip_file, good, bad, masks, variants, source, bank_id, rate=0.05, gallery=3,

@@ -2,8 +2,8 @@
 the tabs, and the model calls they make.
 
 Each tab is a class with `build()` (its components, inside the page's layout) and `wire()` (its events); handlers
-return {component: value}. Model calls go through `gpu_call` (ZeroGPU-ready: plain data in, plain data out, no model
-work outside a call).
+return {component: value}. Model calls go through gpu.py's `model_call` (ZeroGPU-ready: plain data in, plain data out,
+no model work outside a call; their durations in one table there).
 """
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import gradio as gr
 from .. import batch, progress, records
 from ..config import VARIANTS
 from ..service import Service
-from ..zerogpu import gpu_call
 from . import text
 from .bank_tab import BankTab
 from .batch_tab import BatchTab
 from .detect import DetectTab
 from .evaluate_tab import EvaluateTab
+from .gpu import model_call
 from .teach import TeachPanel
 
 
@@ -30,15 +30,11 @@ class Page:
         self.concurrency = self.settings.concurrency or (2 if service.device.type == "cuda" else 1)
         self.model_events = dict(concurrency_limit=self.concurrency, concurrency_id="model")
         # model calls: plain data in, plain data out (ZeroGPU workers); user errors arrive as messages
-        per_image, base = self.settings.gpu_seconds_per_image, self.settings.gpu_seconds_base
-        gpu = lambda duration: gpu_call(self.settings, duration)  # noqa: E731
-        self.gpu_analyze = gpu(lambda *a, calibrate=False, **k: base + per_image * (1 + 4 * calibrate))(
-            service.analyze)
-        self.gpu_calibrate = gpu(lambda *a, **k: base + 4 * per_image)(service.calibrate)
-        self.gpu_chunk = gpu(lambda pixels, *a, **k: base + per_image * len(pixels))(
-            lambda *a, **k: batch.score_chunk(service, *a, **k))
-        self.gpu_build_bank = gpu(lambda normal, defects=(), *a, **k: base + per_image * (len(normal) + len(defects)))(
-            service.build_bank)
+        call = lambda name: model_call(self.settings, name)  # noqa: E731
+        self.gpu_analyze = call("analyze")(service.analyze)
+        self.gpu_calibrate = call("calibrate")(service.calibrate)
+        self.gpu_chunk = call("score_chunk")(lambda *a, **k: batch.score_chunk(service, *a, **k))
+        self.gpu_build_bank = call("build_bank")(service.build_bank)
         self.detect, self.teach = DetectTab(self), TeachPanel(self)
         self.batch, self.bank, self.evaluate = BatchTab(self), BankTab(self), EvaluateTab(self)
         # (tab label, its parts in order): the teaching panel sits under the Detect results
@@ -97,7 +93,9 @@ class Page:
     def describe(self, source, bank_id):
         facts = self.service.catalogue.facts(source, bank_id)
         available = self.service.catalogue.variants(source, bank_id)
-        return {self.source_info: text.facts_md(facts), self.source_panel: gr.Accordion(open=facts.missing),
+        missing = bool(text.missing_files(self.settings))
+        return {self.source_info: text.facts_md(facts, self.settings),
+                self.source_panel: gr.Accordion(open=facts.missing or missing),
                 self.variants: gr.CheckboxGroup(value=list(available), info=text.variant_note(available)),
                 self.notice: text.startup_notice(self.service)}
 
@@ -105,7 +103,8 @@ class Page:
         """What the server is loading or doing, its device and precision, and each download under way (file, size,
         progress, where from)."""
         downloads = progress.describe()
-        return self.service.status() + "".join(f"  \n⬇️ {line}" for line in downloads.splitlines())
+        missing = "".join(f"⚠️ {var} not found: `{path}` · " for var, path in text.missing_files(self.settings))
+        return missing + self.service.status() + "".join(f"  \n⬇️ {line}" for line in downloads.splitlines())
 
     def api_defaults(self) -> dict:
         """Endpoint name -> defaults of its inputs after the first (for raw HTTP calls that send only the first)."""

@@ -1,5 +1,6 @@
 """Model calls of the app, run the way a ZeroGPU Space runs them, and user errors that reach the user intact.
 
+    analyze = model_call(settings, "analyze")(service.analyze)   # its ZeroGPU duration from the table below
     @gpu_call(settings, duration=lambda images, *a, **k: 10 + 2 * len(images))
     def score(images, ...): ...            # returns plain, picklable data
 
@@ -19,16 +20,38 @@ import functools
 import logging
 import multiprocessing
 
+import gradio as gr
+
+from ..errors import MRADError, first_line
+
 log = logging.getLogger("mrad.app")
+
+REFERENCE_IMAGES = 4  # the calibrated scale's normal reference images (assets/examples/*_good.png)
+
+# Every model call of the app -> how many images it encodes, from its arguments. Its ZeroGPU duration (seconds) is
+# settings.gpu_seconds_base + settings.gpu_seconds_per_image × that [MRAD_GPU_SECONDS_BASE, MRAD_GPU_SECONDS].
+IMAGES = {
+    # Detect: the image, plus the reference images when the calibrated scale is computed with it
+    "analyze": lambda *a, calibrate=False, **k: 1 + REFERENCE_IMAGES * calibrate,
+    "calibrate": lambda *a, **k: REFERENCE_IMAGES,  # the calibrated scale of a result on screen
+    "score_chunk": lambda pixels, *a, **k: len(pixels),  # Batch: one chunk
+    "build_bank": lambda normal, defects=(), *a, **k: len(normal) + len(defects or ()),  # Bank tab
+    # Teach: the example added (or none removed) and the image on screen, plus the new bank's reference images
+    "teach": lambda *a, calibrate=False, **k: 2 + REFERENCE_IMAGES * calibrate,
+    "profile": lambda images, *a, **k: len(images or ()),  # Calibrate: the known-good images
+    "explain": lambda *a, **k: 1,  # Why this score: the image on screen (a map point or the top entries)
+}
+
+
+def seconds(settings, call: str):
+    """The ZeroGPU duration of a model call named in IMAGES: a function of the call's arguments."""
+    images = IMAGES[call]
+    return lambda *a, **k: settings.gpu_seconds_base + settings.gpu_seconds_per_image * images(*a, **k)
 
 
 def user_errors(fn):
     """MRADError -> gr.Error with its text (one log line, no traceback); anything unexpected -> a short gr.Error
     (its traceback in the log)."""
-    import gradio as gr
-
-    from .errors import MRADError, first_line
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -97,3 +120,8 @@ def gpu_call(settings, duration=None):
         return user_errors(fn)
     return decorate
 
+
+
+def model_call(settings, call: str):
+    """gpu_call with the duration of `call` in IMAGES."""
+    return gpu_call(settings, seconds(settings, call))

@@ -1,10 +1,10 @@
 """The authors' files from Google Drive, file by file (the resolver's last step, and `mrad fetch-official`).
 
-One file: GET the URL from MRAD_DRIVE_URL (a template with `{id}`; default Google's usercontent download URL;
-`off` disables Drive) with httpx, streaming into a temporary file next to its destination while hashing it;
-follow Drive's "cannot scan for viruses" confirmation form; refuse an HTML page (quota, sign-in, errors) with
+One file: GET the URL from options.drive_url (MRAD_DRIVE_URL: a template with `{id}`; default Google's
+usercontent download URL; `off` disables Drive) with httpx, streaming into a temporary file next to its
+destination while hashing it; follow Drive's "cannot scan for viruses" confirmation form; refuse an HTML page (quota, sign-in, errors) with
 one message naming the file, its Drive link and where to put a manual download; check the sha256 against the
-registry's table (plus MRAD_ACCEPT_DIGESTS); move it atomically to $MRAD_CACHE_DIR/drive/<authors' name>; then
+registry's table (plus MRAD_ACCEPT_DIGESTS); move it atomically to <cache_dir>/drive/<authors' name>; then
 convert it once to our safetensors layout beside it (mrad_<kind>_<source>.safetensors). Later runs load the
 converted file: no pickle, no hashing. On any failure nothing is left in the cache. A lock per file makes
 concurrent requests (threads) wait for one download.
@@ -25,7 +25,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from .hub import FLAGS, HubError, project_dirs
+from .errors import FLAGS, HubError
+from .options import ArtefactOptions
 from .registry import Artefact, OfficialFile
 
 DEFAULT_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
@@ -37,10 +38,12 @@ class DriveError(HubError):
     """A file that could not be had from Google Drive; the message names it, its Drive link and the fix."""
 
 
-def url_template() -> str | None:
-    """MRAD_DRIVE_URL (must contain {id}), the default, or None when set to `off` or when HF_HUB_OFFLINE=1."""
-    template = os.environ.get("MRAD_DRIVE_URL", "").strip() or DEFAULT_URL
-    if template.lower() in ("off", "0", "none", "false") or offline():
+def url_template(options: ArtefactOptions | None = None) -> str | None:
+    """options.drive_url (MRAD_DRIVE_URL, must contain {id}), the default, or None when it is `off` or when
+    offline (HF_HUB_OFFLINE=1)."""
+    options = options or ArtefactOptions()
+    template = (options.drive_url or "").strip() or DEFAULT_URL
+    if template.lower() in ("off", "0", "none", "false") or offline(options):
         return None
     if "{id}" not in template:
         raise HubError(f"MRAD_DRIVE_URL={template!r} has no {{id}} placeholder: use e.g. "
@@ -48,34 +51,34 @@ def url_template() -> str | None:
     return template
 
 
-def offline() -> bool:
-    """HF_HUB_OFFLINE=1, as huggingface_hub read it at import or as the environment says now."""
+def offline(options: ArtefactOptions | None = None) -> bool:
+    """The settings say offline (HF_HUB_OFFLINE=1 at start), or huggingface_hub read it so at import."""
     from huggingface_hub import constants
 
-    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return bool((options or ArtefactOptions()).hub_offline) or constants.is_offline_mode()
 
 
-def cache_dir() -> Path:
-    """$MRAD_CACHE_DIR/drive (default ~/.cache/mrad/drive): verified originals and their converted files."""
-    return Path(os.environ.get("MRAD_CACHE_DIR") or Path.home() / ".cache" / "mrad").expanduser() / "drive"
+def cache_dir(options: ArtefactOptions | None = None) -> Path:
+    """<cache_dir>/drive (default ~/.cache/mrad/drive): verified originals and their converted files."""
+    return (options or ArtefactOptions()).drive_dir
 
 
-def accepted(official: OfficialFile) -> list:
-    """The registry's digest, then any in MRAD_ACCEPT_DIGESTS (comma- or space-separated sha256)."""
-    extra = re.split(r"[,\s]+", os.environ.get("MRAD_ACCEPT_DIGESTS", "").lower())
+def accepted(official: OfficialFile, options: ArtefactOptions | None = None) -> list:
+    """The registry's digest, then any in options.accept_digests (MRAD_ACCEPT_DIGESTS) that is a sha256."""
+    extra = [d.lower() for d in (options or ArtefactOptions()).accept_digests]
     return [official.sha256] + [d for d in extra if re.fullmatch(r"[0-9a-f]{64}", d) and d != official.sha256]
 
 
-def converted(art: Artefact) -> Path | None:
+def converted(art: Artefact, options: ArtefactOptions | None = None) -> Path | None:
     """Our safetensors file converted from the authors' download, if it is in the cache."""
-    path = cache_dir() / art.filename
+    path = cache_dir(options) / art.filename
     return path if art.official and path.is_file() else None
 
 
 def manual_fix(art: Artefact, roots=None) -> str:
-    """Where a person puts a manual download."""
+    """Where a person puts a manual download (roots: the project directories, ArtefactOptions.project_dirs())."""
     off = art.official
-    where = Path((roots or project_dirs())[0]) / art.local_dir / off.name
+    where = Path((roots or ArtefactOptions().project_dirs())[0]) / art.local_dir / off.name
     return (f"download it by hand from {off.link} and save it as {where} (or give its path with "
             f"{FLAGS[art.kind]}); it is then used without downloading. Or set MRAD_HUB_REPO (and "
             f"MRAD_HUB_REVISION) to a Hub mirror that has {art.filename}")
@@ -135,7 +138,7 @@ def _page(response, first: bytes, rest) -> str | None:
 
 def _stream(client, url, art, tmp, roots):
     """GET url into the open file `tmp`; returns sha256. Follows one confirmation page. Raises DriveError."""
-    from . import progress
+    from .. import progress
 
     off = art.official
     for _ in range(2):
@@ -179,11 +182,11 @@ def _chain_first(first, rest):
     yield from rest
 
 
-def _download(art: Artefact, dest: Path, roots) -> str:
+def _download(art: Artefact, dest: Path, roots, options: ArtefactOptions) -> str:
     """Download the authors' file to `dest` (atomically, verified). Returns its sha256. Raises DriveError."""
     import httpx2
 
-    off, template = art.official, url_template()
+    off, template = art.official, url_template(options)
     url = template.replace("{id}", off.drive_id)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{off.name}.", suffix=".part", delete=False)
@@ -198,7 +201,7 @@ def _download(art: Artefact, dest: Path, roots) -> str:
                 raise failure(art, f"the download of {off.name} from {where} {what} ({type(e).__name__}: {e}); "
                                    f"nothing was kept", f"Google Drive ({where}) could not be reached: {e}", roots,
                               "check the network and run again") from e
-        ok = accepted(off)
+        ok = accepted(off, options)
         if digest not in ok:
             also = f" (or one of MRAD_ACCEPT_DIGESTS: {', '.join(ok[1:])})" if ok[1:] else ""
             raise failure(art, f"{off.name} downloaded from {url} has sha256 {digest} but {off.sha256} is expected"
@@ -213,29 +216,31 @@ def _download(art: Artefact, dest: Path, roots) -> str:
 
 
 # ---------------------------------------------------------------- the cache
-def fetch_original(art: Artefact, roots=None) -> Path:
+def fetch_original(art: Artefact, roots=None, options: ArtefactOptions | None = None) -> Path:
     """The authors' file in the cache, downloaded (once, under a lock) and verified when not there yet."""
-    dest = cache_dir() / art.official.name
+    options = options or ArtefactOptions()
+    dest = cache_dir(options) / art.official.name
     with _lock(dest):
         if not dest.is_file():
             try:
-                _download(art, dest, roots)
+                _download(art, dest, roots, options)
             except OSError as e:  # the cache cannot be written (read-only, full, not a directory)
                 raise failure(art, f"{art.official.name} cannot be saved in {dest.parent} ({type(e).__name__}: {e}); "
                                    f"nothing was kept", "the cache cannot be written", roots,
                               "free space there or set MRAD_CACHE_DIR to a writable directory") from e
     return dest
 
-def ensure(art: Artefact, roots=None) -> Path:
-    """Our converted safetensors file for `art`, downloading and converting the authors' file once."""
-    from .cli.convert import convert
-    from .errors import MRADError
 
-    out = cache_dir() / art.filename
+def ensure(art: Artefact, roots=None, options: ArtefactOptions | None = None) -> Path:
+    """Our converted safetensors file for `art`, downloading and converting the authors' file once."""
+    from ..errors import MRADError
+    from .convert import convert
+
+    out = cache_dir(options) / art.filename
     with _lock(out):
         if out.is_file():
             return out
-        original = fetch_original(art, roots)
+        original = fetch_original(art, roots, options)
         try:
             convert(original, out.parent, art.kind, art.source, force=True)
         except (MRADError, OSError, RuntimeError) as e:

@@ -1,4 +1,7 @@
 """Names of every downloadable artefact: where it lives on the Hub, what it is called locally, its licence.
+Pure data, like open_clip's pretrained.py: no environment, no network. The Hub repo and revision an artefact
+comes from are its fields; the resolver fills those not given from the settings (ArtefactOptions.hub_repo /
+hub_revision, i.e. MRAD_HUB_REPO / MRAD_HUB_REVISION) with `Artefact.filled`.
 
 One `Artefact` per file. Heads and banks exist per *training source* ("visa" or "mvtec": the dataset the
 heads were trained on / the bank was built from). The paper's pairing (its test.py) picks the source from
@@ -15,10 +18,9 @@ files: a download from Drive must match them (or a digest the user accepts with 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 
-from .errors import MRADError
+from ..errors import MRADError
 
 DEFAULT_REPO = "mrad-project/mrad"
 DEFAULT_REVISION = "main"
@@ -82,7 +84,7 @@ OFFICIAL = {key: OfficialFile(OFFICIAL_NAMES[key], drive_id, sha) for key, drive
 
 @dataclass(frozen=True)
 class Artefact:
-    """One file. `repo_id`/`revision` None = take MRAD_HUB_REPO / MRAD_HUB_REVISION (or the defaults) at use."""
+    """One file. `repo_id`/`revision` None = not configured: DEFAULT_REPO (only when published) / DEFAULT_REVISION."""
 
     kind: str  # "heads" | "image_bank" | "patch_bank" | "backbone"
     source: str  # training source ("visa" | "mvtec"), "openai" for the backbone
@@ -97,14 +99,14 @@ class Artefact:
 
     @property
     def repo(self) -> str:
-        return self.repo_id or os.environ.get("MRAD_HUB_REPO") or DEFAULT_REPO
+        return self.repo_id or DEFAULT_REPO
 
     @property
     def mirror(self) -> str | None:
-        """The Hub repo to download from, or None when no mirror is configured (no --hub-repo, MRAD_HUB_REPO
-        unset) and nothing is published under DEFAULT_REPO: then the Hub step is skipped."""
-        if self.repo_id or os.environ.get("MRAD_HUB_REPO"):
-            return self.repo
+        """The Hub repo to download from, or None when no mirror is configured (no repo_id: no --hub-repo, no
+        MRAD_HUB_REPO) and nothing is published under DEFAULT_REPO: then the Hub step is skipped."""
+        if self.repo_id:
+            return self.repo_id
         return DEFAULT_REPO if DEFAULT_REPO_PUBLISHED else None
 
     @property
@@ -114,7 +116,7 @@ class Artefact:
 
     @property
     def rev(self) -> str:
-        return self.revision or os.environ.get("MRAD_HUB_REVISION") or DEFAULT_REVISION
+        return self.revision or DEFAULT_REVISION
 
     @property
     def label(self) -> str:
@@ -128,6 +130,11 @@ class Artefact:
     def at(self, repo_id=None, revision=None) -> "Artefact":
         """The same artefact from another repo / revision (None keeps the current setting)."""
         return replace(self, repo_id=repo_id or self.repo_id, revision=revision or self.revision)
+
+    def filled(self, repo_id=None, revision=None) -> "Artefact":
+        """The same artefact with repo / revision taken from the arguments where it has none (the settings' mirror
+        fills what an explicit --hub-repo / --hub-revision did not set)."""
+        return replace(self, repo_id=self.repo_id or repo_id or None, revision=self.revision or revision or None)
 
 
 def our_name(kind: str, source: str) -> str:
@@ -150,8 +157,8 @@ BACKBONE_SIZE = "≈1.7 GB"
 
 
 def check_source(source: str | None) -> str:
-    """None -> MRAD_SOURCE or "visa"; anything else must be one of TRAINING_SOURCES."""
-    source = (source or os.environ.get("MRAD_SOURCE") or "visa").lower()
+    """None -> "visa" (the resolver passes MRAD_SOURCE from the settings); else one of TRAINING_SOURCES."""
+    source = (source or "visa").lower()
     if source not in TRAINING_SOURCES:
         raise MRADError(f"unknown training source {source!r}: choose {' or '.join(TRAINING_SOURCES)} "
                         f"(the dataset the heads were trained on / the banks were built from)")

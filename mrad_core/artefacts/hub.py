@@ -1,45 +1,29 @@
 """Artefact names -> verified local files.
 
-Order for heads and banks (an explicit path or MRAD_* variable is handled by loading.py before this):
+Order for heads and banks (an explicit path or MRAD_* variable is handled by resolve.py before this):
   1. the project: <root>/checkpoints/ (heads) or <root>/cache/ (banks), our safetensors name or the official one;
-  2. the Hugging Face cache (HF_HOME / HF_HUB_CACHE), for the registry's repo and revision;
-  3. the authors' files already fetched from Drive and converted, in $MRAD_CACHE_DIR/drive (drive.py);
-  4. `hf_hub_download` from the Hub mirror MRAD_HUB_REPO at MRAD_HUB_REVISION, only when a mirror is configured
-     (registry.Artefact.mirror), with huggingface_hub's progress bar;
+  2. the Hugging Face cache (HF_HOME / HF_HUB_CACHE), for the artefact's repo and revision;
+  3. the authors' files already fetched from Drive and converted, in <cache_dir>/drive (drive.py);
+  4. `hf_hub_download` from the Hub mirror (the artefact's repo_id, else options.hub_repo = MRAD_HUB_REPO) at its
+     revision, only when a mirror is configured (registry.Artefact.mirror), with huggingface_hub's progress bar;
   5. the authors' file from Google Drive by file id (drive.py), verified against the registry's sha256.
 Every file is checked (size, sha256) on first use; the digest is cached by (path, size, mtime) in
-$MRAD_CACHE_DIR/verified.json (default ~/.cache/mrad). Failures become one HubError that says what was looked
-for, where, why it failed and what to do. The backbone goes through open_clip's own Hub mechanism. Downloads
-are announced in progress.py (the app shows them).
+<cache_dir>/verified.json (digest.py). Failures become one HubError that says what was looked for, where, why it
+failed and what to do. The backbone goes through open_clip's own Hub mechanism. Downloads are announced in
+progress.py (the app shows them). Configuration comes in an ArtefactOptions (options.py), never from the
+environment; None = its documented defaults.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
-import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MRADError, first_line
+from ..errors import first_line
+from .digest import file_sha256, lfs_sha256, verify  # noqa: F401  (lfs_sha256: re-exported)
+from .errors import FLAGS, HubError
+from .options import ArtefactOptions
 from .registry import BACKBONE, BACKBONE_SIZE, Artefact
-
-SHA256 = re.compile(r"[0-9a-f]{64}")
-FLAGS = {"heads": "--heads / MRAD_HEADS", "image_bank": "--image-bank / MRAD_IMAGE_BANK",
-         "patch_bank": "--patch-bank / MRAD_PATCH_BANK", "backbone": "--backbone / MRAD_BACKBONE"}
-_LOCK = threading.Lock()  # guards the digest cache (file and _MEMO)
-_MEMO: dict = {}  # "realpath|size|mtime_ns" -> sha256, this process's copy of verified.json
-
-
-class HubError(MRADError):
-    """An artefact that cannot be found, downloaded or verified; the message says how to fix it.
-    `why` is the bare reason (e.g. "the Hub could not be reached"), when there is one."""
-
-    def __init__(self, message: str, why: str | None = None):
-        super().__init__(message)
-        self.why = why
 
 
 @dataclass(frozen=True)
@@ -53,79 +37,10 @@ class Resolved:
     check: str  # what verification established, e.g. "sha256 verified"
 
 
-def project_dirs() -> list:
-    """Where checkpoints/ and cache/ are looked for: MRAD_PROJECT_DIR, else the working directory and the
-    directory above the mrad_core package (the repository when installed in place)."""
-    if os.environ.get("MRAD_PROJECT_DIR"):
-        return [Path(os.environ["MRAD_PROJECT_DIR"]).expanduser()]
-    dirs = [Path.cwd().resolve(), Path(__file__).resolve().parents[1]]
-    return list(dict.fromkeys(dirs))
-
-
-# ---------------------------------------------------------------- verification
-def _digest_cache() -> Path:
-    return Path(os.environ.get("MRAD_CACHE_DIR") or Path.home() / ".cache" / "mrad") / "verified.json"
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file, cached by (real path, size, mtime) in memory and in verified.json, so a large file is
-    hashed once (and again only when it changes)."""
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    key, cache = f"{real}|{st.st_size}|{st.st_mtime_ns}", _digest_cache()
-    with _LOCK:
-        if key not in _MEMO:
-            try:
-                _MEMO.update(json.loads(cache.read_text()))
-            except (OSError, ValueError):
-                pass
-        if key in _MEMO:
-            return _MEMO[key]
-    with open(real, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    with _LOCK:
-        _MEMO[key] = digest
-        try:
-            try:
-                known = json.loads(cache.read_text())
-            except (OSError, ValueError):
-                known = {}
-            known[key] = digest
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=cache.parent, delete=False, suffix=".tmp") as tmp:
-                json.dump(known, tmp)
-            os.replace(tmp.name, cache)
-        except OSError:  # a read-only home: the in-memory verdict still saves re-hashing in this process
-            pass
-    return digest
-
-
-def lfs_sha256(path) -> str | None:
-    """The sha256 the Hub recorded for a file in the HF cache: its blob is named after the LFS etag."""
-    real = Path(os.path.realpath(path))
-    return real.name if real.parent.name == "blobs" and SHA256.fullmatch(real.name) else None
-
-
-def verify(path, label: str, sha256: str | None = None, size: int | None = None, fix: str = "") -> str:
-    """Check size and sha256 (those known). Returns what was checked; raises HubError on a mismatch."""
-    path = str(path)
-    real = os.path.realpath(path)
-    where = path if real == path else f"{path} (-> {real})"
-    fix = fix or f"delete {where} and run again to download it afresh"
-    actual_size = os.path.getsize(real)
-    if size is not None and actual_size != size:
-        raise HubError(f"{label}: {where} has {actual_size} bytes but {size} are expected (a truncated or "
-                       f"interrupted copy?). To fix: {fix}.")
-    hub_digest = lfs_sha256(path)
-    expected = sha256 or hub_digest
-    if expected is None:
-        return "size verified, no published sha256" if size is not None else "unverified (no published digest)"
-    actual = file_sha256(path)
-    if actual != expected.lower():
-        origin = "the registry" if sha256 else "the Hub's LFS record"
-        raise HubError(f"{label}: {where} is corrupt or incomplete: its sha256 is {actual} but {expected} is "
-                       f"expected (from {origin}; {actual_size} bytes on disk). To fix: {fix}.")
-    return "sha256 verified"
+def configured(art: Artefact, options: ArtefactOptions | None) -> Artefact:
+    """The artefact with the settings' Hub mirror and revision where it names none (an explicit repo wins)."""
+    options = options or ArtefactOptions()
+    return art.filled(options.hub_repo, options.hub_revision)
 
 
 # ---------------------------------------------------------------- failures
@@ -176,16 +91,18 @@ def reason(exc: BaseException, repo: str, revision: str, filename: str) -> str:
     return first_line(exc)
 
 
-def not_found(art: Artefact, why: str, roots=None) -> HubError:
+def not_found(art: Artefact, why: str, roots=None, options: ArtefactOptions | None = None) -> HubError:
     """The one message for an artefact that cannot be had: what, where it was looked for, why, what to do."""
     from huggingface_hub import constants
+
+    options = options or ArtefactOptions()
 
     if art.kind == "backbone":
         return HubError(f"{art.label} is not available: looked in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
                         f"and on the Hub for {art.repo}/{art.filename} (open_clip's ViT-L-14-336-quickgelu, "
                         f"'openai'): {why}. To fix: connect once to let open_clip download it (then HF_HUB_OFFLINE=1 "
                         f"works), or give a local state dict with {FLAGS['backbone']}.", why)
-    dirs = [str(Path(r) / art.local_dir) for r in (roots or project_dirs())] if art.local_dir else []
+    dirs = [str(Path(r) / art.local_dir) for r in (roots or options.project_dirs())] if art.local_dir else []
     names = " or ".join(art.local_names) or art.filename
     looked = f"looked for {names} in {', '.join(dirs)}, then for " if dirs else "looked for "
     link = f" from {art.official.link}" if art.official else ""
@@ -195,8 +112,7 @@ def not_found(art: Artefact, why: str, roots=None) -> HubError:
         where = (f"{art.repo}@{art.rev}/{art.filename} in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
                  f"on the Hub")
     else:  # no mirror: the authors' file from Drive, converted in MRAD_CACHE_DIR
-        from .drive import cache_dir
-        where = f"{art.filename} in {cache_dir()} (no Hub mirror is set)"
+        where = f"{art.filename} in {options.drive_dir} (no Hub mirror is set)"
     return HubError(
         f"{art.label} is not available: {looked}{where}: {why}. To fix: {place}run `mrad fetch-official` (downloads "
         f"the authors' files from Google Drive into checkpoints/ and cache/); or set MRAD_HUB_REPO (and "
@@ -204,8 +120,8 @@ def not_found(art: Artefact, why: str, roots=None) -> HubError:
 
 
 # ---------------------------------------------------------------- resolution
-def find_in_project(art: Artefact, roots=None):
-    for root in roots or project_dirs():
+def find_in_project(art: Artefact, roots=None, options: ArtefactOptions | None = None):
+    for root in roots or (options or ArtefactOptions()).project_dirs():
         for name in art.local_names:
             path = Path(root) / art.local_dir / name
             if art.local_dir and path.is_file():
@@ -248,11 +164,11 @@ def partial_bytes(repo: str):
     return lambda: sum(p.stat().st_size for p in blobs.glob("*.incomplete")) if blobs.is_dir() else 0
 
 
-def download(art: Artefact, roots=None) -> str:
+def download(art: Artefact, roots=None, options: ArtefactOptions | None = None) -> str:
     """hf_hub_download into the HF cache (huggingface_hub's progress bar); HubError with the reason on failure."""
     from huggingface_hub import constants, hf_hub_download
 
-    from . import progress
+    from .. import progress
 
     try:
         size = _probe(art.repo, art.filename, art.rev)
@@ -260,7 +176,7 @@ def download(art: Artefact, roots=None) -> str:
                             done=partial_bytes(art.repo), bar=False):
             return hf_hub_download(art.repo, art.filename, revision=art.rev)
     except Exception as e:  # huggingface_hub errors, OSError, httpx2 transport errors
-        raise not_found(art, reason(e, art.repo, art.rev, art.filename), roots) from e
+        raise not_found(art, reason(e, art.repo, art.rev, art.filename), roots, options) from e
 
 
 def _fix(art: Artefact, path) -> str:
@@ -292,14 +208,14 @@ def unreachable(exc: BaseException) -> str | None:
     return None
 
 
-def _authors_check(art: Artefact, path) -> str:
+def _authors_check(art: Artefact, path, options: ArtefactOptions) -> str:
     """An authors' file in the project: checked against the registry's table of their digests."""
     from . import drive
 
     if art.official is None:
         return "unverified (the authors' file; no published digest)"
-    ok = drive.accepted(art.official)
-    actual = file_sha256(path)
+    ok = drive.accepted(art.official, options)
+    actual = file_sha256(path, options.cache_dir)
     if actual not in ok:
         raise HubError(f"{art.label}: {path} is not the authors' {art.official.name}: its sha256 is {actual} but "
                        f"{art.official.sha256} is expected (the registry's table). To fix: delete it and run again "
@@ -309,44 +225,54 @@ def _authors_check(art: Artefact, path) -> str:
         "sha256 accepted (MRAD_ACCEPT_DIGESTS)"
 
 
-def resolve(art: Artefact, roots=None, allow_download: bool = True, no_download_reason: str = NO_DOWNLOAD) -> Resolved:
-    """Project dir -> HF cache -> converted Drive files -> Hub mirror -> Google Drive, verified.
+def resolve(art: Artefact, roots=None, allow_download: bool = True, no_download_reason: str = NO_DOWNLOAD, *,
+            options: ArtefactOptions | None = None) -> Resolved:
+    """Project dir -> HF cache -> converted Drive files -> Hub mirror -> Google Drive, verified. `options`: the
+    settings (None = ArtefactOptions(), the defaults); they fill the artefact's mirror (`configured`).
     Raises HubError (not found / cannot download / corrupt)."""
     from . import drive
 
-    local = find_in_project(art, roots)
+    options = options or ArtefactOptions()
+    art, roots = configured(art, options), roots or options.project_dirs()
+    cache = options.cache_dir
+    local = find_in_project(art, roots, options)
     if local is not None:
         ours = local.name == art.filename  # registry digests describe our file, not the authors' original
         if not ours:
-            return Resolved(art, str(local), "project", _authors_check(art, local))
-        return Resolved(art, str(local), "project", verify(local, art.label, art.sha256, art.size, _fix(art, local)))
+            return Resolved(art, str(local), "project", _authors_check(art, local, options))
+        return Resolved(art, str(local), "project", verify(local, art.label, art.sha256, art.size, _fix(art, local),
+                                                           cache))
     cached = find_in_cache(art)
     if cached is not None:
-        return Resolved(art, cached, "hf-cache", verify(cached, art.label, art.sha256, art.size, _fix(art, cached)))
-    fetched = drive.converted(art)
+        return Resolved(art, cached, "hf-cache", verify(cached, art.label, art.sha256, art.size, _fix(art, cached),
+                                                        cache))
+    fetched = drive.converted(art, options)
     if fetched is not None:
         return Resolved(art, str(fetched), "drive-cache", f"converted from the authors' {art.official.name} "
                                                            f"(sha256 verified when downloaded)")
     if not allow_download:
-        raise not_found(art, no_download_reason, roots)
-    use_drive = art.official is not None and drive.url_template() is not None
+        raise not_found(art, no_download_reason, roots, options)
+    offline = drive.offline(options)
+    use_drive = art.official is not None and drive.url_template(options) is not None
     hub_error = None
+    if art.mirror and offline:  # the settings say offline: no request, whatever huggingface_hub read at import
+        raise not_found(art, "HF_HUB_OFFLINE=1 is set and the file is not in the Hugging Face cache", roots, options)
     if art.mirror:
         try:
-            path = download(art, roots)
+            path = download(art, roots, options)
         except HubError as e:
             if not use_drive:
                 raise
             hub_error = e
         else:
-            return Resolved(art, path, "hub", verify(path, art.label, art.sha256, art.size, _fix(art, path)))
+            return Resolved(art, path, "hub", verify(path, art.label, art.sha256, art.size, _fix(art, path), cache))
     if not use_drive:
-        why = "HF_HUB_OFFLINE=1 is set (no download from a Hub mirror or Google Drive)" if _offline() else \
+        why = "HF_HUB_OFFLINE=1 is set (no download from a Hub mirror or Google Drive)" if offline else \
             "no Hub mirror is configured (MRAD_HUB_REPO)" + (" and Google Drive downloads are off (MRAD_DRIVE_URL=off)"
                                                              if art.official else "")
-        raise not_found(art, why, roots)
+        raise not_found(art, why, roots, options)
     try:
-        path = drive.ensure(art, roots)
+        path = drive.ensure(art, roots, options)
     except drive.DriveError as e:
         if hub_error is None:
             raise
@@ -355,14 +281,11 @@ def resolve(art: Artefact, roots=None, allow_download: bool = True, no_download_
                                              f"converted to safetensors")
 
 
-def _offline() -> bool:
-    from .drive import offline
-    return offline()
-
-
-def backbone_weights(model_name: str, pretrained: str = "openai", allow_download: bool = True) -> str | None:
+def backbone_weights(model_name: str, pretrained: str = "openai", allow_download: bool = True,
+                     cache_dir=None) -> str | None:
     """Local file of open_clip's pretrained weights for (model, tag), fetched through open_clip's Hub mechanism.
-    None when open_clip has no Hub entry for them (a custom config): then open_clip decides."""
+    None when open_clip has no Hub entry for them (a custom config): then open_clip decides. `cache_dir`: where
+    the sha256 verdict is cached (Settings.cache_dir; None = ~/.cache/mrad)."""
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
     cfg = get_pretrained_cfg(model_name, pretrained)
@@ -375,13 +298,13 @@ def backbone_weights(model_name: str, pretrained: str = "openai", allow_download
     for name in names:
         cached = find_in_cache(art, name)
         if cached:
-            verify(cached, art.label, fix=_fix(art, cached))  # against the Hub's LFS sha256 (verdict cached)
+            verify(cached, art.label, fix=_fix(art, cached), cache_dir=cache_dir)  # the Hub's LFS sha256, cached
             return cached
     if not allow_download:
         raise not_found(art, NO_DOWNLOAD)
     from huggingface_hub import constants
 
-    from . import progress
+    from .. import progress
     try:
         sizes = {}
         for name in names:  # the file open_clip will take (the first that exists) and its size
@@ -394,5 +317,5 @@ def backbone_weights(model_name: str, pretrained: str = "openai", allow_download
             path = download_pretrained(cfg)
     except Exception as e:  # open_clip wraps huggingface_hub's errors; the cause is kept in the chain
         raise not_found(art, reason(e, repo, "main", names[0])) from e
-    verify(path, art.label, fix=_fix(art, path))
+    verify(path, art.label, fix=_fix(art, path), cache_dir=cache_dir)
     return path
