@@ -131,11 +131,18 @@ def fast_precision(device: torch.device) -> str:
     return "bf16-mlp" if supported is not None and supported() else "fp32"
 
 
-def cpu_flags() -> frozenset:
-    try:
-        return frozenset(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return frozenset()
+def cpu_flags(cpuinfo: str | None = None) -> frozenset:
+    """The CPU's feature flags: the first `flags` (x86) or `Features` (ARM) line of /proc/cpuinfo (or of the text
+    given); empty where there is none. Only the flags: a stable key (the MHz and bogomips lines change)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")) and ":" in line:
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def cpu_class(flags=None) -> str:
