@@ -49,7 +49,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mrad_core import BankBuilder, autotune, engines, load_mask, quantize  # noqa: E402
+from mrad_core import BankBuilder, autotune, engines, load_mask, quantize, runtime  # noqa: E402
 from mrad_core.config import VARIANTS  # noqa: E402
 from mrad_core.artefacts.resolve import load_detector  # noqa: E402
 
@@ -168,11 +168,11 @@ def accuracy(base: dict, maps: dict, precision: str) -> dict:
             "within_bounds": worst_abs <= BOUND_MAX_ABS and worst_corr >= BOUND_CORR}
 
 
-def record(pairs: list, path: Path = engines.FACTS):
+def record(pairs: list, path: Path = runtime.FACTS):
     """Write this CPU class's measured pairs into the facts `--precision auto` reads."""
-    facts = engines.recorded_facts(path)
+    facts = runtime.recorded_facts(path)
     keys = ("engine", "precision", "three_variants_s", "max_abs_map_diff", "min_map_correlation", "within_bounds")
-    facts[engines.cpu_class()] = [{k: float(f"{r[k]:.6g}") if isinstance(r[k], float) else r[k] for k in keys}
+    facts[runtime.cpu_class()] = [{k: float(f"{r[k]:.6g}") if isinstance(r[k], float) else r[k] for k in keys}
                                   for r in pairs]
     path.write_text(json.dumps(facts, indent=1) + "\n")
 
@@ -182,7 +182,7 @@ def int8_section(det, queries, calibration, cache_dir: Path, recipes=tuple(quant
     """int8 recipes measured side by side with the exact and bf16 pairs (section 7). det: a PyTorch detector with
     banks (its vision weights kept); queries: the images measured; calibration: the images NNCF calibrates on.
     Every recipe goes through `measure` (autotune.measure): its row holds its own timing and accuracy."""
-    flags = autotune.cpu_flags() if flags is None else flags
+    flags = runtime.cpu_flags() if flags is None else flags
     px = {str(q): det.pixels([q]) for q in queries}
     cal = det.pixels(calibration)
     cands = [autotune.Candidate("torch", "fp32"), autotune.Candidate("openvino", "fp32")]
@@ -199,8 +199,7 @@ def int8_section(det, queries, calibration, cache_dir: Path, recipes=tuple(quant
             elif c.precision in quantize.RECIPES:
                 built[c] = quantize.Int8Engine(det.backbone, c.precision, cal, cache_dir)
             else:
-                built[c] = engines.OpenVINOEngine(det.backbone, cache_dir=cache_dir / "openvino", release=False,
-                                                  precision=c.precision)
+                built[c] = engines.OpenVINOEngine(det.backbone, cache_dir, release=False, precision=c.precision)
             info[c.pair] = dict(getattr(built[c], "info", {}))
         return built[c]
 
@@ -229,7 +228,7 @@ def run_int8(parity: Path, shared: Path, cache_dir: Path) -> dict:
     rows = int8_section(det, queries, calibration, cache_dir,
                         progress=lambda f, text: print(f"[{f:4.0%}] {text}", file=sys.stderr, flush=True))
     kept = [r["precision"] for r in rows if r["precision"] in quantize.RECIPES and r["within_bounds"]]
-    return {"rows": rows, "in_bounds_recipes": kept, "cpu_class": engines.cpu_class(),
+    return {"rows": rows, "in_bounds_recipes": kept, "cpu_class": runtime.cpu_class(),
             "versions": autotune.library_versions()}
 
 
@@ -246,7 +245,7 @@ def run_cold_start(parity: Path, shared: Path, cache_dir: Path) -> dict:
     t0 = time.perf_counter()
     det = load(parity, shared, "cpu", "torch")
     load_s = time.perf_counter() - t0
-    det.engine = warmup.WarmEngine(det.backbone, "cpu", "fp32", cache_dir / "openvino")
+    det.engine = warmup.WarmEngine(det.backbone, "cpu", "fp32", cache_dir)
     query = [parity / "images" / "query_bad.png"]
     t = time.perf_counter()
     first = det.predict(query)
@@ -254,6 +253,7 @@ def run_cold_start(parity: Path, shared: Path, cache_dir: Path) -> dict:
     first_result_s = time.perf_counter() - t0
     det.engine.wait()
     switched_s = time.perf_counter() - t0
+    det.engine.join()
     t = time.perf_counter()
     after = det.predict(query)
     after_s, after_served = time.perf_counter() - t, det.engine.served()
@@ -305,9 +305,9 @@ def main():
     ref = json.loads((parity / "timing.json").read_text())
     ref_three = 3 * (statistics.median(ref["encode_s"])) + sum(
         statistics.median(ref[f"{h}_head_s"]) for h in VARIANTS)
-    res = {"cpu": platform.processor() or platform.machine(), "cpu_class": engines.cpu_class(),
+    res = {"cpu": platform.processor() or platform.machine(), "cpu_class": runtime.cpu_class(),
            "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "openvino": engines._import_openvino().__version__ if engines.openvino_available() else None,
+           "openvino": engines.require_openvino().__version__ if engines.openvino_available() else None,
            "reference_three_runs_s": ref_three}
 
     # 1.-2. engines x precisions, each pair in its own process (its peak RSS is what `mrad predict` with that engine
@@ -328,10 +328,10 @@ def main():
     torch_fp32 = next(r for r in pairs if r["engine"] == "torch" and r["precision"] == "fp32")
     for r in pairs:
         r["speedup_vs_torch_fp32"] = torch_fp32["three_variants_s"] / r["three_variants_s"]
-    facts = {engines.cpu_class(): pairs}
-    default_engine = engines.default_engine(args.device or "cpu")
+    facts = {runtime.cpu_class(): pairs}
+    default_engine = runtime.resolve("predict", args.device or "cpu").engine  # mrad predict's exact engine
     res["default"] = {"engine": default_engine, "precision": "fp32"}
-    res["auto"] = dict(zip(("engine", "precision"), engines.resolve_auto(args.device or "cpu", facts=facts)))
+    res["auto"] = dict(zip(("engine", "precision"), runtime.resolve_auto(args.device or "cpu", facts=facts)))
     if args.record:
         record(pairs)
 

@@ -3,18 +3,19 @@ bundled images and compared with fp32's maps on the same images; the fastest pai
 
 The bounds are bench/bench.py's: the worst max abs map difference <= 1e-2 and the worst map correlation >= 0.999
 against PyTorch fp32, over every image x variant. The decision and its figures are cached as JSON under
-<cache dir>/autotune/<key>.json, the key made of the CPU's flags, the library versions (torch, openvino,
-open_clip, nncf) and the backbone's identity: a new CPU, a library upgrade or other weights measure again.
+<cache dir>/autotune/<key>.json (Settings.cache_dir), the key made of the CPU's flags, the library versions (torch,
+openvino, open_clip, nncf) and the backbone's identity: a new CPU, a library upgrade or other weights measure again.
 
     rows = measure(candidates(flags), images, encode_fn, maps_fn)      # the pure measuring loop
     best = select(rows)                                                 # the pure rule
-    decision = tune(backbone, scorer, images, cache_dir)                # measure once, cache, answer later
-    engine, precision, source = decide(cache_dir, backbone_id, device)  # what `auto` runs now (never measures)
+    decision = tune(detector, images, cache_dir)                        # measure once, cache, answer later
+    rows = measured(cache_dir, backbone_id)                             # runtime.resolve(..., measured=rows)
 
-`decide` never measures (a first start must not get slower): a cached measurement of this very machine wins,
-then the benchmark's recorded facts for the CPU class (engine_facts.json, the fast path for known classes), then
-what is exact (OpenVINO fp32 where installed, else PyTorch fp32) until `tune` has run: at idle time, or on the
-first `mrad doctor`.
+The decision itself is runtime.resolve's (the one place that decides): callers pass `measured(...)` (or
+`measured_for(...)`, which hashes nothing while no measurement is cached) as `measured=`. It never measures (a first
+start must not get slower): this machine's cached measurement wins, then the benchmark's recorded facts for the
+CPU class (engine_facts.json, the fast path for known classes), then what is exact (OpenVINO fp32 where
+installed), until `tune` has run: on the first `mrad doctor`, or at idle time (`tune_in_background`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from . import engines
+from .runtime import cpu_class, cpu_flags, recorded_facts
 
 BOUND_MAX_ABS, BOUND_CORR = 1e-2, 0.999
 REFERENCE = ("torch", "fp32")  # the exact pair every other one is compared with
@@ -47,27 +51,6 @@ class Candidate:
 
 # ---------------------------------------------------------------------------------------------------- the machine
 
-def cpu_flags(cpuinfo: str | None = None) -> frozenset:
-    """The CPU's feature flags (the first `flags` line of /proc/cpuinfo); empty where there is none."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def cpu_class(flags) -> str:
-    """The same classes as engines.cpu_class, from given flags: amx, avx512_bf16, avx512, avx2 or other."""
-    for name, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
-        if flag in flags:
-            return name
-    return "other"
-
-
 def native_bf16(flags) -> bool:
     """bf16 arithmetic in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and only slower."""
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
@@ -86,20 +69,24 @@ def library_versions() -> dict:
     return out
 
 
-def backbone_identity(weights_path=None, model_name: str = "", image_size: int = 0) -> str:
-    """The backbone a decision was measured with: the weights file's sha256 (or "pretrained"), the model (a config
-    .json by its contents) and the input size."""
-    from . import hub
-
-    weights = hub.file_sha256(weights_path) if weights_path and Path(weights_path).is_file() else "pretrained"
+def backbone_identity(weights_digest: str | None = None, model_name: str = "", image_size: int = 0) -> str:
+    """The backbone a decision was measured with: the weights file's sha256 (artefacts.digest.file_sha256; None:
+    open_clip's pretrained weights), the model (a config .json by its contents) and the input size."""
     model = model_name
     if model_name.endswith(".json") and Path(model_name).is_file():
         model = hashlib.sha256(Path(model_name).read_bytes()).hexdigest()
-    return hashlib.sha256(f"{weights}|{model}|{image_size}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{weights_digest or 'pretrained'}|{model}|{image_size}".encode()).hexdigest()[:32]
 
 
-def identity_of(backbone) -> str:
-    return backbone_identity(backbone.weights_path, backbone.config.model_name, backbone.config.image_size)
+def weights_digest(weights_path, cache_dir) -> str | None:
+    """The sha256 of a backbone file (hashed once, cached in <cache_dir>/verified.json), None without a file."""
+    from .artefacts.digest import file_sha256
+    return file_sha256(weights_path, cache_dir) if weights_path and Path(weights_path).is_file() else None
+
+
+def identity_of(backbone, cache_dir) -> str:
+    return backbone_identity(weights_digest(backbone.weights_path, cache_dir), backbone.config.model_name,
+                             backbone.config.image_size)
 
 
 def cache_key(flags, versions: dict, backbone_id: str) -> str:
@@ -109,13 +96,8 @@ def cache_key(flags, versions: dict, backbone_id: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def default_cache_dir() -> Path:
-    """~/.cache/mrad: the app and the CLI pass Settings' MRAD_CACHE_DIR instead where it is set."""
-    return Path.home() / ".cache" / "mrad"
-
-
 def cache_path(cache_dir, key: str) -> Path:
-    return Path(cache_dir or default_cache_dir()) / "autotune" / f"{key}.json"
+    return Path(cache_dir).expanduser() / "autotune" / f"{key}.json"
 
 
 # ------------------------------------------------------------------------------------------------- the candidates
@@ -207,11 +189,6 @@ def measure(candidates, images, encode_fn, maps_fn, timer=time.perf_counter, pro
     return rows
 
 
-def exact_choice(openvino: bool, engine: str | None = None) -> tuple:
-    """What is exact: OpenVINO fp32 where installed (and allowed), else PyTorch fp32."""
-    return ("openvino", "fp32") if openvino and engine in (None, "openvino") else ("torch", "fp32")
-
-
 def select(rows: list, engine: str | None = None) -> tuple:
     """The rule: the fastest measured pair inside the bounds (among `engine`'s when one is given); ties go to the
     exact pairs (fp32), then to the order measured. Nothing measured in bounds: PyTorch fp32 (exact)."""
@@ -267,16 +244,18 @@ def bundled_images(assets: Path, n: int = IMAGES) -> list:
 
 class EngineSet:
     """One engine alive at a time (the full-size model's compiled copies are ~1.2 GB each): built on a candidate's
-    first encode, dropped when another candidate's begins. The PyTorch vision weights are never released here."""
+    first encode, dropped when another candidate's begins. The PyTorch vision weights are never released here.
+    The OpenVINO candidates compile the IR cached under <cache_dir>/openvino (converted once, as the app's)."""
 
-    def __init__(self, backbone, ir_cache_dir=None, int8_factory=None):
-        self.backbone, self.ir_cache_dir, self.int8_factory = backbone, ir_cache_dir, int8_factory
+    def __init__(self, backbone, cache_dir, weights_digest: str | None = None, int8_factory=None):
+        self.backbone, self.cache_dir, self.weights_digest = backbone, cache_dir, weights_digest
+        self.int8_factory = int8_factory
         self.current, self.engine = None, None
 
     def get(self, cand: Candidate):
         import torch
 
-        from . import engines, memory
+        from . import memory
         if self.current != cand:
             self.engine = None
             memory.trim_heap()
@@ -288,8 +267,8 @@ class EngineSet:
                     raise engines.EngineError("no int8 recipe was kept (see docs/auto.md)")
                 self.engine = self.int8_factory(self.backbone)
             else:
-                self.engine = engines.OpenVINOEngine(self.backbone, cache_dir=self.ir_cache_dir, release=False,
-                                                     precision=cand.precision)
+                self.engine = engines.OpenVINOEngine(self.backbone, self.cache_dir, release=False,
+                                                     precision=cand.precision, weights_digest=self.weights_digest)
             self.current = cand
         return self.engine
 
@@ -299,22 +278,23 @@ class EngineSet:
         memory.trim_heap()
 
 
-def tune(detector, images, cache_dir=None, backbone_id: str | None = None, flags=None, versions=None,
+def tune(detector, images, cache_dir, backbone_id: str | None = None, flags=None, versions=None,
          engine: str | None = None, force: bool = False, int8_factory=None, progress=None,
          timer=time.perf_counter) -> dict:
     """This machine's decision: from the cache when measured before (same key), else measured now on `images`
-    and cached. `detector` is a Detector whose backbone still has its PyTorch vision weights (engine "torch") and
-    which has banks (its variants' maps are what the bounds compare). Returns {"key", "cpu_class", "flags",
-    "versions", "backbone", "choice": {"engine", "precision"}, "candidates": rows, "measured_at", "measure_s",
-    "images", "from_cache": bool}."""
+    and cached under cache_dir (Settings.cache_dir). `detector` is a Detector whose backbone still has its PyTorch
+    vision weights (engine "torch") and which has banks (its variants' maps are what the bounds compare). Returns
+    {"key", "cpu_class", "flags", "versions", "backbone", "choice": {"engine", "precision"}, "candidates": rows,
+    "measured_at", "measure_s", "images", "from_cache": bool}."""
     import torch
 
-    from . import engines
     from .errors import MRADError
 
     flags = cpu_flags() if flags is None else frozenset(flags)
     versions = library_versions() if versions is None else versions
-    backbone_id = backbone_id or identity_of(detector.backbone)
+    digest = weights_digest(detector.backbone.weights_path, cache_dir)
+    backbone_id = backbone_id or backbone_identity(digest, detector.backbone.config.model_name,
+                                                   detector.backbone.config.image_size)
     key = cache_key(flags, versions, backbone_id)
     if not force:
         cached = load_decision(cache_dir, key)
@@ -327,8 +307,7 @@ def tune(detector, images, cache_dir=None, backbone_id: str | None = None, flags
     openvino = versions.get("openvino") is not None and engines.openvino_available()
     cands = candidates(flags, openvino, int8=int8_factory is not None, engine=engine)
     pixels = {str(p): detector.pixels([p]) for p in images}
-    ir_dir = Path(cache_dir or default_cache_dir()) / "openvino"
-    pool = EngineSet(detector.backbone, ir_dir, int8_factory)
+    pool = EngineSet(detector.backbone, cache_dir, digest, int8_factory)
 
     def encode_fn(cand, image):
         return pool.get(cand).encode(pixels[str(image)], cand.precision)
@@ -353,35 +332,36 @@ def tune(detector, images, cache_dir=None, backbone_id: str | None = None, flags
     return {**decision, "from_cache": False}
 
 
-def decide(cache_dir, backbone_id: str, device="cpu", engine: str | None = None, flags=None, versions=None,
-           facts: dict | None = None) -> tuple:
-    """What `--precision auto` runs now, without measuring: (engine, precision, source), source one of
-    "measured" (this machine's cached decision), "recorded" (engine_facts.json for this CPU class), "exact"
-    (nothing known yet: OpenVINO fp32 where installed, else PyTorch fp32), or "cuda" (fp16 autocast)."""
-    import torch
+def as_facts(rows: list) -> list:
+    """Measured rows -> rows shaped as recorded facts (runtime.resolve's `measured=`): {"engine", "precision",
+    "three_variants_s", "max_abs_map_diff", "min_map_correlation", "within_bounds"}; failed rows are left out."""
+    return [{"engine": r["engine"], "precision": r["precision"], "three_variants_s": r["s_per_image"],
+             "max_abs_map_diff": r["max_abs"], "min_map_correlation": r["min_corr"],
+             "within_bounds": bool(r["within_bounds"])} for r in rows if r.get("s_per_image") is not None]
 
-    from . import engines
 
-    if torch.device(device).type == "cuda":
-        return "torch", "fp16", "cuda"
-    if engine is not None:
-        engines.check_engine(engine)
+def measured(cache_dir, backbone_id: str, flags=None, versions=None) -> list | None:
+    """This machine's cached measurement for this backbone as rows for runtime.resolve(..., measured=...), or None
+    when it was not measured (then `auto` uses the recorded facts, else what is exact). Never measures."""
     flags = cpu_flags() if flags is None else frozenset(flags)
     versions = library_versions() if versions is None else versions
-    openvino = versions.get("openvino") is not None and engines.openvino_available()
-    if engine == "openvino" and not openvino:
-        engines._import_openvino()  # the clear "not installed" error
     cached = load_decision(cache_dir, cache_key(flags, versions, backbone_id))
-    if cached is not None:
-        rows = [r for r in cached["candidates"] if r["engine"] != "openvino" or openvino]
-        return (*select(rows, engine), "measured")
-    rows = (engines.recorded_facts() if facts is None else facts).get(cpu_class(flags), [])
-    inside = [r for r in rows if r.get("within_bounds") and (r["engine"] != "openvino" or openvino)
-              and engine in (None, r["engine"])]
-    if inside:
-        best = min(inside, key=lambda r: r["three_variants_s"])
-        return best["engine"], best["precision"], "recorded"
-    return (*exact_choice(openvino, engine), "exact")
+    return None if cached is None else as_facts(cached["candidates"])
+
+
+def any_measured(cache_dir) -> bool:
+    """Whether any decision is cached at all (a cheap look before anything is hashed)."""
+    return cache_dir is not None and any((Path(cache_dir).expanduser() / "autotune").glob("*.json"))
+
+
+def measured_for(cache_dir, weights_path, model_name: str, image_size: int, flags=None, versions=None) \
+        -> list | None:
+    """`measured` for a backbone file; nothing is hashed while no measurement at all is cached (a first start
+    stays as fast as before)."""
+    if not any_measured(cache_dir):
+        return None
+    backbone_id = backbone_identity(weights_digest(weights_path, cache_dir), model_name, image_size)
+    return measured(cache_dir, backbone_id, flags, versions)
 
 
 def needs_measuring(cache_dir, backbone_id: str, device="cpu", flags=None, versions=None,
@@ -390,19 +370,18 @@ def needs_measuring(cache_dir, backbone_id: str, device="cpu", flags=None, versi
     without recorded facts for its class (known classes keep the fast path)."""
     import torch
 
-    from . import engines
     if torch.device(device).type == "cuda":
         return False
     flags = cpu_flags() if flags is None else frozenset(flags)
     versions = library_versions() if versions is None else versions
     if load_decision(cache_dir, cache_key(flags, versions, backbone_id)) is not None:
         return False
-    return not (engines.recorded_facts() if facts is None else facts).get(cpu_class(flags))
+    return not (recorded_facts() if facts is None else facts).get(cpu_class(flags))
 
 
 def tune_in_background(load_torch_detector, images, cache_dir, backbone_id: str | None = None, on_done=None,
                        on_error=None):
-    """For the app's idle time: a daemon thread that loads a PyTorch fp32 detector with banks
+    """For idle time: a daemon thread that loads a PyTorch fp32 detector with banks
     (`load_torch_detector()`; the serving one may have released its vision weights to OpenVINO), runs `tune`,
     drops the detector, then calls on_done(decision) (e.g. to tell the status line and re-resolve `auto` at the
     next start) or on_error(exception). Returns the started thread."""
@@ -444,7 +423,7 @@ def rows_table(rows: list, choice: tuple | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BOUND_CORR", "BOUND_MAX_ABS", "Candidate", "accuracy", "backbone_identity", "bundled_images",
-           "cache_key", "candidates", "cpu_class", "cpu_flags", "decide", "doctor_json", "library_versions",
-           "load_decision", "measure", "native_bf16", "needs_measuring", "rows_table", "save_decision", "select",
-           "tune"]
+__all__ = ["BOUND_CORR", "BOUND_MAX_ABS", "Candidate", "accuracy", "as_facts", "backbone_identity",
+           "bundled_images", "cache_key", "candidates", "cpu_class", "cpu_flags", "doctor_json", "library_versions",
+           "load_decision", "measure", "measured", "measured_for", "native_bf16", "needs_measuring", "rows_table",
+           "save_decision", "select", "tune"]

@@ -106,15 +106,16 @@ def calibration_arrays(pixels: torch.Tensor) -> list:
     return [x[i:i + 1] for i in range(len(x))]
 
 
-def int8_ir(backbone, recipe_name: str, calibration: list, cache_dir: Path | None = None) -> tuple:
-    """The recipe's int8 IR for this backbone: quantised from the fp32 IR (engines.cached_ir) on the first call and
-    cached under <cache>/openvino-int8/<key>/, keyed by the fp32 IR, the recipe, the calibration pixels and NNCF's
-    version. Returns (path of encoder.xml, info: {"key", "quantized": bool, "quantize_s"})."""
-    ov = engines._import_openvino()
+def int8_ir(backbone, recipe_name: str, calibration: list, cache_dir, weights_digest: str | None = None) -> tuple:
+    """The recipe's int8 IR for this backbone: quantised from the fp32 IR (engines.cached_ir under
+    <cache_dir>/openvino) on the first call and cached under <cache_dir>/openvino-int8/<key>/, keyed by the fp32
+    IR, the recipe, the calibration pixels and NNCF's version. cache_dir: Settings.cache_dir. Returns (path of
+    encoder.xml, info: {"key", "quantized": bool, "quantize_s"})."""
+    ov = engines.require_openvino()
     nncf = _import_nncf()
     recipe = check_recipe(recipe_name)
-    root = Path(cache_dir or engines.cache_root())
-    xml32, _ = engines.cached_ir(backbone, root / "openvino")
+    root = Path(cache_dir).expanduser()
+    xml32, _ = engines.cached_ir(backbone, root, weights_digest)
     h = hashlib.sha256(f"{xml32.parent.name}|{recipe_name}|{json.dumps(recipe, sort_keys=True)}|"
                        f"{nncf.__version__}".encode())
     if recipe["kind"] != "weights":
@@ -163,12 +164,14 @@ class Int8Engine:
 
     name = "openvino"
 
-    def __init__(self, backbone, recipe: str, calibration_pixels: torch.Tensor | None = None,
-                 cache_dir: Path | None = None):
-        ov = engines._import_openvino()
+    def __init__(self, backbone, recipe: str, calibration_pixels: torch.Tensor | None = None, cache_dir=None,
+                 weights_digest: str | None = None):
+        ov = engines.require_openvino()
         self.recipe, self.config = recipe, backbone.config
         calibration = [] if calibration_pixels is None else calibration_arrays(calibration_pixels)
-        self.xml, self.info = int8_ir(backbone, recipe, calibration, cache_dir)
+        if cache_dir is None:
+            raise EngineError("an int8 engine needs a cache directory for its IRs (Settings.cache_dir)")
+        self.xml, self.info = int8_ir(backbone, recipe, calibration, cache_dir, weights_digest)
         t = time.perf_counter()
         core = ov.Core()
         model = core.read_model(self.xml)
@@ -196,6 +199,6 @@ class Int8Engine:
         return encoding_from_tokens(image_feature, patch_tokens, proj_tokens, self.config.avg_kernels)
 
 
-def int8_factory(recipe: str, calibration_pixels: torch.Tensor, cache_dir: Path | None = None):
+def int8_factory(recipe: str, calibration_pixels: torch.Tensor, cache_dir, weights_digest: str | None = None):
     """backbone -> Int8Engine for autotune's EngineSet (the kept recipe's candidate)."""
-    return lambda backbone: Int8Engine(backbone, recipe, calibration_pixels, cache_dir)
+    return lambda backbone: Int8Engine(backbone, recipe, calibration_pixels, cache_dir, weights_digest)

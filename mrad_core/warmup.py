@@ -13,8 +13,12 @@ the last PyTorch one to return.
 Not on ZeroGPU (background work is not allowed there, and the model runs on the GPU with PyTorch): the caller
 passes background=False and gets today's behaviour from `engine_for` (a synchronous conversion, or PyTorch).
 
-    engine = engine_for(backbone, device, "fp32", cache_dir, background=True)   # OpenVINOEngine when cached
+    engine = engine_for(backbone, device, "fp32", cache_dir, digest)   # OpenVINOEngine when cached
     enc = engine.encode(pixels, "fp32"); engine.served()   # {"engine": "torch", "precision": "fp32"} at first
+    engine.join()                                          # the conversion thread has ended (tests, shutdown)
+
+cache_dir is Settings.cache_dir (the IR goes to <cache_dir>/openvino/<key>, engines.ir_dir), digest the backbone
+file's sha256 (artefacts.digest.file_sha256), as for engines.make_engine.
 """
 from __future__ import annotations
 
@@ -31,11 +35,9 @@ from .errors import first_line
 TORCH_WHILE_CONVERTING = "fp32"  # what PyTorch serves meanwhile: exact (its reduced precisions are other numbers)
 
 
-def ir_cached(backbone, cache_dir: Path | None = None) -> bool:
+def ir_cached(backbone, cache_dir, weights_digest: str | None = None) -> bool:
     """Whether the encoder's IR for this backbone is already converted (then OpenVINO starts in seconds)."""
-    key = engines.backbone_key(backbone)
-    directory = Path(cache_dir or engines.cache_root() / "openvino") / key
-    return (directory / "encoder.xml").is_file() and (directory / "encoder.bin").is_file()
+    return engines.is_converted(engines.ir_dir(backbone, cache_dir, weights_digest))
 
 
 class WarmEngine:
@@ -43,16 +45,21 @@ class WarmEngine:
 
     precision: the OpenVINO precision to compile (what `auto` or the user chose; "fp32" or "bf16"); PyTorch
     serves fp32 meanwhile. build: () -> OpenVINO engine (default: OpenVINOEngine(backbone, cache_dir,
-    release=False, precision=precision)); tests and the app may wrap it. on_switch(engine) is called after the
-    switch (e.g. to update the status line). release: free the PyTorch vision weights after the switch."""
+    release=False, precision=precision, weights_digest=weights_digest)); tests and the app may wrap it.
+    on_switch(engine) is called after the switch (e.g. to update the status line). release: free the PyTorch vision
+    weights after the switch. The conversion thread is a daemon (a server's exit does not wait for it), and
+    `join()` waits for it to end (tests must, before anything forks)."""
 
-    def __init__(self, backbone, device, precision: str = "fp32", cache_dir: Path | None = None, build=None,
-                 on_switch=None, release: bool = True, start: bool = True):
+    def __init__(self, backbone, device, precision: str = "fp32", cache_dir=None, weights_digest: str | None = None,
+                 build=None, on_switch=None, release: bool = True, start: bool = True):
         engines.OpenVINOEngine.check(precision)  # before anything runs
         self.backbone, self.device, self.precision, self.release = backbone, torch.device(device), precision, release
         self.torch = engines.TorchEngine(backbone, self.device)
-        self._build = build or (lambda: engines.OpenVINOEngine(backbone, cache_dir=cache_dir, release=False,
-                                                               precision=precision))
+        if build is None and cache_dir is None:
+            raise engines.EngineError("the OpenVINO engine needs a cache directory for its converted encoder "
+                                      "(Settings.cache_dir)")
+        self._build = build or (lambda: engines.OpenVINOEngine(backbone, cache_dir, release=False,
+                                                               precision=precision, weights_digest=weights_digest))
         self.on_switch = on_switch
         self.openvino = None  # the engine once switched
         self.error = None  # why the conversion failed (then PyTorch keeps serving)
@@ -119,6 +126,13 @@ class WarmEngine:
         self.ready.wait(timeout)
         return self.openvino is not None
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the conversion thread to end (after the switch and on_switch, or the failure); True when it
+        has (or never started)."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     # ---- the background work
     def _convert(self):
         t = time.perf_counter()
@@ -141,37 +155,49 @@ class WarmEngine:
             self.on_switch(engine)
 
 
-def engine_for(backbone, device, precision: str = "fp32", cache_dir: Path | None = None, background: bool = True,
-               **kw):
+def engine_for(backbone, device, precision: str = "fp32", cache_dir=None, weights_digest: str | None = None,
+               background: bool = True, progress=None, **kw):
     """The OpenVINO encoder for this backbone without a wait on a cold start: the engine already made for the
-    backbone, or OpenVINOEngine when the IR is cached (seconds), or a WarmEngine converting in the background when
-    it is not. background=False (ZeroGPU, or whoever wants today's behaviour) converts here and now."""
+    backbone (or the WarmEngine already converting for it), OpenVINOEngine when the IR is cached (seconds), or a
+    WarmEngine converting in the background when it is not. background=False (ZeroGPU, or whoever wants today's
+    behaviour) converts here and now (progress(text) is told before). **kw: WarmEngine's (on_switch, build, …)."""
     device = torch.device(device)
+    warm = getattr(backbone, "warm_engine", None)
+    if warm is not None and warm.openvino is None and warm.error is None:
+        return warm  # one conversion per backbone: detectors made meanwhile share it
     existing = getattr(backbone, "openvino_engine", None)
-    if existing is not None or not background or device.type != "cpu" or ir_cached(backbone, cache_dir):
-        return engines.make_engine("openvino", backbone, device, precision, cache_dir=cache_dir)
-    return WarmEngine(backbone, device, precision, cache_dir, **kw)
+    if existing is not None or not background or device.type != "cpu" or \
+            ir_cached(backbone, cache_dir, weights_digest):
+        return engines.make_engine("openvino", backbone, device, precision, cache_dir=cache_dir,
+                                   weights_digest=weights_digest, progress=progress)
+    backbone.warm_engine = WarmEngine(backbone, device, precision, cache_dir, weights_digest, **kw)
+    return backbone.warm_engine
 
 
-def convert_if_local(backbone=None, model: str | None = None, cache_dir: Path | None = None) -> str:
+def convert_if_local(backbone, model: str | None, cache_dir, options=None) -> str:
     """Convert the encoder's IR now when the backbone's file is on this machine (never downloads it): for the
-    Docker build, so that the image's first start compiles a cached IR instead of converting. Returns a line
-    saying what was done."""
+    Docker build, so that the image's first start compiles a cached IR instead of converting. options: the
+    settings' ArtefactOptions (Settings.artefacts). Returns a line saying what was done."""
     from dataclasses import replace
 
+    from .artefacts.digest import file_sha256
+    from .artefacts.errors import HubError
+    from .artefacts.resolve import backbone_file
     from .backbone import Backbone
     from .config import DEFAULT
-    from .loading import resolve_artefacts
 
     if not engines.openvino_available():
         return "OpenVINO is not installed: nothing to convert"
-    resolution = resolve_artefacts(backbone, model=model, download=False, strict_backbone=False)
-    path = resolution.paths.get("backbone")
+    try:
+        path = backbone_file(backbone, model, options, allow_download=False)
+    except HubError:
+        path = None
     if not path:
         return ("the backbone is not on this machine (build with PRELOAD=1 to fetch it): the first start converts "
                 "the encoder in the background")
     loaded = Backbone.load(path, replace(DEFAULT, model_name=model or DEFAULT.model_name))
-    xml, info = engines.cached_ir(loaded, cache_dir)
+    digest = file_sha256(path, cache_dir) if Path(path).is_file() else None
+    xml, info = engines.cached_ir(loaded, cache_dir, digest)
     what = f"converted in {info['convert_s']:.0f} s" if info["converted"] else "already cached"
     return f"OpenVINO IR of the encoder {what}: {xml}"
 
@@ -185,8 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone", default=None, help="backbone file (default: $MRAD_BACKBONE, else open_clip's)")
     ap.add_argument("--model", default=None, help="open_clip model name or config .json (default: $MRAD_MODEL)")
     args = ap.parse_args(argv)
-    settings = Settings.from_env()
-    print(convert_if_local(args.backbone or settings.files.get("backbone"), args.model or settings.model))
+    settings = Settings.from_env()  # MRAD_BACKBONE, MRAD_MODEL, MRAD_CACHE_DIR: where the app will look
+    print(convert_if_local(args.backbone, args.model or settings.model, settings.cache_dir, settings.artefacts))
     return 0
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mrad_core import Detector, autotune, engines
+from mrad_core import Detector, autotune, engines, runtime
 from mrad_core.autotune import Candidate
 from mrad_core.settings import ASSETS
 
@@ -114,8 +114,10 @@ def test_candidates_follow_the_cpu():
     assert ("openvino", "int8") not in pairs(autotune.candidates(BF16, openvino=True))  # no kept recipe
     assert pairs(autotune.candidates(BF16, True, engine="openvino")) == [("torch", "fp32"), ("openvino", "fp32"),
                                                                          ("openvino", "bf16")]
-    assert autotune.cpu_class(BF16) == "avx512_bf16" and autotune.cpu_class(AVX2) == "avx2"
-    assert autotune.cpu_flags("processor : 0\nflags\t\t: fpu avx2 avx512_bf16\n") == {"fpu", "avx2", "avx512_bf16"}
+    assert runtime.cpu_class(BF16) == "avx512_bf16" and runtime.cpu_class(AVX2) == "avx2"
+    info = "processor : 0\ncpu MHz\t\t: 2400.118\nflags\t\t: fpu avx2 avx512_bf16\nbogomips : 4800.23\n"
+    assert runtime.cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}  # only the flags: a stable cache key
+    assert autotune.cpu_flags is runtime.cpu_flags and autotune.cpu_class is runtime.cpu_class  # one copy
 
 
 def test_cache_key_changes_with_flags_versions_and_backbone():
@@ -128,28 +130,66 @@ def test_cache_key_changes_with_flags_versions_and_backbone():
     assert set(autotune.library_versions()) == {"torch", "openvino", "open_clip", "nncf"}
 
 
-def test_decide_before_and_after_measuring(tmp_path):
+def test_auto_before_and_after_measuring(tmp_path, monkeypatch):
+    """runtime.resolve is the one decision: unmeasured and unrecorded, what is exact; recorded facts for a known
+    class (the fast path); once this machine was measured (autotune.measured for its key), the fastest measured pair
+    inside the bounds."""
     facts = {"amx": [{"engine": "openvino", "precision": "bf16", "three_variants_s": 1.0, "within_bounds": True}]}
-    args = dict(flags=AVX2, versions=VERSIONS, facts=facts)
     ov = engines.openvino_available()
-    exact = ("openvino" if ov else "torch", "fp32", "exact")
-    assert autotune.decide(tmp_path, "b1", **args) == exact  # unmeasured, unrecorded: what is exact
+    exact = ("openvino" if ov else "torch", "fp32")
+
+    real_class = runtime.cpu_class
+
+    def auto(flags, backbone_id, engine=None):  # as on a CPU with these flags
+        monkeypatch.setattr(runtime, "cpu_class", lambda f=None: real_class(flags if f is None else f))
+        rows = autotune.measured(tmp_path, backbone_id, flags=flags, versions=VERSIONS)
+        rt = runtime.resolve("app", "cpu", engine, "auto", facts=facts, measured=rows)
+        return (rt.engine, rt.precision), rt.why
+    assert autotune.measured(tmp_path, "b1", flags=AVX2, versions=VERSIONS) is None
+    assert auto(AVX2, "b1")[0] == exact  # unmeasured, unrecorded: what is exact
     assert autotune.needs_measuring(tmp_path, "b1", flags=AVX2, versions=VERSIONS, facts=facts)
-    assert autotune.decide(tmp_path, "b1", **{**args, "flags": {"amx_bf16"}}) == (
-        ("openvino", "bf16", "recorded") if ov else ("torch", "fp32", "exact"))  # recorded facts: the fast path
+    assert auto({"amx_bf16"}, "b1")[0] == (("openvino", "bf16") if ov else exact)  # recorded: the fast path
     assert not autotune.needs_measuring(tmp_path, "b1", flags={"amx_bf16"}, versions=VERSIONS, facts=facts)
-    assert autotune.decide(tmp_path, "b1", device="cuda", **args) == ("torch", "fp16", "cuda")
-    rows = [{"engine": "torch", "precision": "fp32", "s_per_image": 9.0, "within_bounds": True},
-            {"engine": "torch", "precision": "bf16-mlp", "s_per_image": 5.0, "within_bounds": True},
-            {"engine": "openvino", "precision": "bf16", "s_per_image": 3.0, "within_bounds": True}]
+    assert not autotune.needs_measuring(tmp_path, "b1", device="cuda", flags=AVX2, versions=VERSIONS, facts=facts)
+    rows = [{"engine": "torch", "precision": "fp32", "s_per_image": 9.0, "max_abs": 0.0, "min_corr": 1.0,
+             "within_bounds": True},
+            {"engine": "torch", "precision": "bf16-mlp", "s_per_image": 5.0, "max_abs": 1e-3, "min_corr": 0.9999,
+             "within_bounds": True},
+            {"engine": "torch", "precision": "bf16", "s_per_image": 2.0, "max_abs": 5e-2, "min_corr": 0.99,
+             "within_bounds": False},
+            {"engine": "openvino", "precision": "bf16", "s_per_image": 3.0, "max_abs": 2e-3, "min_corr": 0.9999,
+             "within_bounds": True},
+            {"engine": "openvino", "precision": "fp32", "s_per_image": None, "max_abs": None, "min_corr": None,
+             "within_bounds": False, "error": "cannot compile here"}]
     key = autotune.cache_key(AVX2, VERSIONS, "b1")
     autotune.save_decision(tmp_path, {"format": autotune.FORMAT, "key": key, "cpu_class": "avx2",
                                       "choice": {"engine": "openvino", "precision": "bf16"}, "candidates": rows})
-    assert autotune.decide(tmp_path, "b1", **args) == (("openvino", "bf16", "measured") if ov else
-                                                       ("torch", "bf16-mlp", "measured"))
-    assert autotune.decide(tmp_path, "b1", engine="torch", **args) == ("torch", "bf16-mlp", "measured")
+    measured = autotune.measured(tmp_path, "b1", flags=AVX2, versions=VERSIONS)
+    assert [(r["engine"], r["precision"], r["three_variants_s"]) for r in measured] == \
+        [(r["engine"], r["precision"], r["s_per_image"]) for r in rows[:4]]  # facts' shape; the failed row left out
+    choice, why = auto(AVX2, "b1")
+    assert choice == (("openvino", "bf16") if ov else ("torch", "bf16-mlp")) and "measured" in why
+    assert auto(AVX2, "b1", engine="torch")[0] == ("torch", "bf16-mlp")
     assert not autotune.needs_measuring(tmp_path, "b1", flags=AVX2, versions=VERSIONS, facts=facts)
-    assert autotune.decide(tmp_path, "b2", **args) == exact  # another backbone: not measured
+    assert autotune.measured(tmp_path, "b2", flags=AVX2, versions=VERSIONS) is None  # another backbone
+    assert autotune.measured(tmp_path, "b1", flags=AVX2, versions={**VERSIONS, "torch": "9"}) is None
+
+
+def test_measured_for_hashes_nothing_until_something_was_measured(tmp_path, monkeypatch):
+    from mrad_core.artefacts import digest
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"w" * 100)
+    monkeypatch.setattr(digest, "file_sha256", lambda *a, **k: (_ for _ in ()).throw(AssertionError("hashed")))
+    assert autotune.measured_for(tmp_path, weights, "ViT-L-14-336-quickgelu", 336) is None
+    monkeypatch.undo()
+    backbone_id = autotune.backbone_identity(digest.file_sha256(weights, tmp_path), "ViT-L-14-336-quickgelu", 336)
+    key = autotune.cache_key(runtime.cpu_flags(), autotune.library_versions(), backbone_id)
+    row = {"engine": "torch", "precision": "fp32", "s_per_image": 1.0, "max_abs": 0.0, "min_corr": 1.0,
+           "within_bounds": True}
+    autotune.save_decision(tmp_path, {"format": autotune.FORMAT, "key": key, "cpu_class": "x",
+                                      "choice": {"engine": "torch", "precision": "fp32"}, "candidates": [row]})
+    assert autotune.measured_for(tmp_path, weights, "ViT-L-14-336-quickgelu", 336)[0]["three_variants_s"] == 1.0
+    assert autotune.measured_for(tmp_path, weights, "ViT-L-14-336-quickgelu", 224) is None  # another backbone
 
 
 @pytest.fixture
@@ -186,8 +226,11 @@ def test_tune_measures_once_caches_and_picks_the_fastest_in_bounds(fresh_detecto
 
     second = autotune.tune(det, images, tmp_path, flags=BF16)  # from the cache: no measuring
     assert calls == [1] and second["from_cache"] and second["choice"] == first["choice"]
-    backbone_id = autotune.identity_of(det.backbone)
-    assert autotune.decide(tmp_path, backbone_id, flags=BF16)[:2] == tuple(first["choice"].values())
+    backbone_id = autotune.identity_of(det.backbone, tmp_path)
+    assert backbone_id == first["backbone"]
+    rows = autotune.measured(tmp_path, backbone_id, flags=BF16)
+    best = min((r for r in rows if r["within_bounds"]), key=lambda r: r["three_variants_s"])
+    assert (best["engine"], best["precision"]) == tuple(first["choice"].values())
     other = autotune.tune(det, images[:1], tmp_path, flags=AVX2)  # other CPU flags: measured again
     assert calls == [1, 1] and [r["precision"] for r in other["candidates"]] == \
         ["fp32"] * (2 if engines.openvino_available() else 1)

@@ -14,7 +14,8 @@ WAIT = 120  # seconds: an upper bound for the tiny model's conversion, not a tim
 
 @pytest.fixture
 def ir_dir(tmp_path):
-    return tmp_path / "openvino"
+    """The cache directory (Settings.cache_dir): the IR goes to <it>/openvino/<key>."""
+    return tmp_path / "cache"
 
 
 @pytest.fixture
@@ -36,20 +37,22 @@ def test_cold_start_serves_torch_while_converting_then_switches(torch_detector, 
         return real_convert(backbone)
     monkeypatch.setattr(engines, "convert_openvino", held_convert)
     assert not warmup.ir_cached(det.backbone, ir_dir)
+    directory = engines.ir_dir(det.backbone, ir_dir)  # keyed by the weights: known before they are released
     switched = []
     engine = warmup.engine_for(det.backbone, "cpu", "fp32", ir_dir, on_switch=switched.append)
     assert isinstance(engine, warmup.WarmEngine)
     det.engine = engine  # what the runtime does with it (Detector.encode calls engine.encode)
     assert in_conversion.wait(WAIT)
     assert engine.status()["state"] == "converting" and engine.name == "torch"
+    assert warmup.engine_for(det.backbone, "cpu", "fp32", ir_dir) is engine  # one conversion per backbone
     before = det.predict(tiny_files["images"])  # answered now, while the conversion runs
     assert engine.served() == {"engine": "torch", "precision": "fp32"}
     may_finish.set()
-    assert engine.wait(WAIT) and engine.error is None
+    assert engine.wait(WAIT) and engine.error is None and engine.join(WAIT)
     assert engine.status()["state"] == "ready" and engine.name == "openvino" and switched == [engine.openvino]
     after = det.predict(tiny_files["images"])
     assert engine.served() == {"engine": "openvino", "precision": "fp32"}
-    assert warmup.ir_cached(det.backbone, ir_dir)
+    assert engines.is_converted(directory) and engine.openvino.xml == directory / "encoder.xml"
     assert not det.backbone.has_vision  # released after the switch
     assert det.backbone.openvino_engine is engine.openvino  # shared with other detectors on this backbone
     for v in ("tf", "ft", "clip"):  # the fp32 parity tolerance of tests/test_engines.py
@@ -91,7 +94,7 @@ def test_release_waits_for_the_pytorch_encode_in_flight(torch_detector, tiny_fil
     may_return.set()
     worker.join(WAIT)
     assert out["served"] == {"engine": "torch", "precision": "fp32"}
-    assert engine.wait(WAIT) and not det.backbone.has_vision
+    assert engine.wait(WAIT) and engine.join(WAIT) and not det.backbone.has_vision
     assert (out["enc"].patch_tokens - new.patch_tokens).abs().max() <= 1e-4
 
 
@@ -101,7 +104,7 @@ def test_a_failed_conversion_keeps_pytorch_serving(torch_detector, tiny_files, i
     def build():
         raise engines.EngineError("the conversion ran out of memory")
     engine = warmup.WarmEngine(det.backbone, "cpu", "fp32", ir_dir, build=build)
-    assert not engine.wait(WAIT)
+    assert not engine.wait(WAIT) and engine.join(WAIT)
     assert engine.status()["state"] == "failed" and "out of memory" in engine.status()["error"]
     enc = engine.encode(det.pixels(tiny_files["images"][:1]), "fp32")
     assert engine.served()["engine"] == "torch" and det.backbone.has_vision and enc.image_feature.shape == (1, 32)
@@ -111,6 +114,8 @@ def test_cached_ir_or_no_background_means_openvino_at_once(torch_detector, tiny_
     det = torch_detector
     with pytest.raises(engines.EngineError, match="bf16-mlp"):
         warmup.WarmEngine(det.backbone, "cpu", "bf16-mlp", ir_dir, start=False)
+    with pytest.raises(engines.EngineError, match="cache directory"):
+        warmup.WarmEngine(det.backbone, "cpu", "fp32", None, start=False)
     engine = warmup.engine_for(det.backbone, "cpu", "fp32", ir_dir, background=False)  # ZeroGPU: no background
     assert isinstance(engine, engines.OpenVINOEngine) and engine.info["converted"]
     f = tiny_files
@@ -124,16 +129,15 @@ def test_cached_ir_or_no_background_means_openvino_at_once(torch_detector, tiny_
 def test_build_time_conversion_only_with_a_local_backbone(tiny_files, tiny_config, tmp_path, monkeypatch):
     """The Docker build's step (python -m mrad_core.warmup): converts when the backbone file is here, else says the
     first start will, without downloading."""
-    from mrad_core import hub
+    from mrad_core.artefacts import hub
     line = warmup.convert_if_local(tiny_files["backbone"], tiny_files["model"], tmp_path / "ov")
     assert line.startswith("OpenVINO IR of the encoder converted")
-    assert len(list((tmp_path / "ov").glob("*/encoder.xml"))) == 1
+    assert len(list((tmp_path / "ov" / "openvino").glob("*/encoder.xml"))) == 1
     assert "already cached" in warmup.convert_if_local(tiny_files["backbone"], tiny_files["model"], tmp_path / "ov")
 
     def missing(*a, allow_download=True, **k):
         assert not allow_download  # never downloads at build time
         raise hub.HubError("not in the Hugging Face cache")
     monkeypatch.setattr(hub, "backbone_weights", missing)
-    monkeypatch.delenv("MRAD_BACKBONE", raising=False)
     assert "not on this machine" in warmup.convert_if_local(None, None, tmp_path / "ov2")
     assert not (tmp_path / "ov2").exists()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from .. import autotune
-from ..config import DEFAULT
+from .. import autotune, runtime
+from ..artefacts.errors import HubError
+from ..artefacts.resolve import backbone_file
 from ..errors import MRADError
-from .common import add_model_args, detector_from_args
+from ..settings import settings_of
+from .common import add_model_args, config_of, detector_from_args, model_of
 
 COMMAND = "doctor"
 
@@ -25,31 +26,24 @@ def add_parser(sub, name):
                                    "table and the fastest pair inside the bounds, which `--precision auto` then "
                                    "uses. The result is cached per CPU, library versions and backbone; a second "
                                    "call answers from the cache.")
-    add_model_args(p, precision_default="fp32")
+    add_model_args(p)
     p.add_argument("--json", action="store_true", help='print {"cpu_class", "choice", "candidates"} as JSON')
     p.add_argument("--force", action="store_true", help="measure again even when a cached result exists")
     p.add_argument("--images", type=int, default=autotune.IMAGES, metavar="N",
                    help="bundled example images per candidate (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
-                   help="where the decision is cached (default: the app's MRAD_CACHE_DIR, else ~/.cache/mrad)")
+                   help="where the decision is cached (default: $MRAD_CACHE_DIR, else ~/.cache/mrad)")
     p.add_argument("--assets", type=Path, default=None, metavar="DIR",
-                   help="where the example images are (default: the app's MRAD_ASSETS)")
+                   help="where the example images are (default: $MRAD_ASSETS, else the bundled assets)")
     p.set_defaults(run=run)
 
 
-def _settings():
-    from ..settings import Settings
-    return Settings.from_env()
-
-
-def cache_dir_from(args, settings) -> Path:
-    if args.cache_dir is not None:
-        return args.cache_dir
-    configured = getattr(settings, "cache_dir", None)  # Settings.cache_dir once the lead adds it
-    if configured:
-        return Path(configured)
-    from ..engines import cache_root  # today: $MRAD_CACHE_DIR or ~/.cache/mrad
-    return cache_root()
+def local_backbone(args, settings):
+    """The backbone file when it is on this machine (nothing is downloaded to answer from the cache)."""
+    try:
+        return backbone_file(args.backbone, model_of(args), settings.artefacts, allow_download=False)
+    except HubError:
+        return None
 
 
 def run(args):
@@ -57,16 +51,19 @@ def run(args):
         raise MRADError("--images must be at least 1")
     if args.device not in (None, "cpu"):
         raise MRADError("mrad doctor measures the CPU engines; on CUDA `auto` is fp16 autocast (--device cpu)")
-    settings = _settings()
-    cache_dir = cache_dir_from(args, settings)
+    settings = settings_of(args)
+    cache_dir = args.cache_dir or settings.cache_dir
+    assets = args.assets or settings.assets
     engine = args.engine  # only this engine's pairs (and the fp32 reference)
-    # the decision is keyed by the backbone: find its file without loading anything, and answer from the cache
-    from ..loading import resolve_artefacts
-    resolution = resolve_artefacts(args.backbone, model=args.model, download=False, strict_backbone=False)
-    backbone_id = autotune.backbone_identity(resolution.paths.get("backbone"), args.model,
-                                             replace(DEFAULT, model_name=args.model).image_size)
-    decision = None if args.force else autotune.load_decision(
-        cache_dir, autotune.cache_key(autotune.cpu_flags(), autotune.library_versions(), backbone_id))
+    flags, versions = runtime.cpu_flags(), autotune.library_versions()
+    model, size = model_of(args), config_of(args).image_size
+    # the decision is keyed by the backbone: its file's digest (hashed once, cached), nothing loaded
+    path = local_backbone(args, settings)
+    digest = autotune.weights_digest(path, cache_dir)
+    backbone_id = autotune.backbone_identity(digest, model, size) if path else None
+    decision = None
+    if backbone_id is not None and not args.force:
+        decision = autotune.load_decision(cache_dir, autotune.cache_key(flags, versions, backbone_id))
     if decision is not None:
         decision = {**decision, "from_cache": True}
         if engine is not None:  # the cached table, the choice among this engine's pairs
@@ -75,11 +72,13 @@ def run(args):
         load_args = argparse.Namespace(**{**vars(args), "engine": "torch", "precision": "fp32", "device": "cpu",
                                           "variant": "tf"})  # PyTorch keeps the vision weights; maps need banks
         det = detector_from_args(load_args)
-        images = autotune.bundled_images(args.assets or settings.assets, args.images)
+        digest = digest or autotune.weights_digest(det.backbone.weights_path, cache_dir)
+        backbone_id = autotune.backbone_identity(digest, model, size)
+        images = autotune.bundled_images(assets, args.images)
         progress = None if args.json else (lambda f, text: print(f"[{f:4.0%}] {text}", file=sys.stderr, flush=True))
-        decision = autotune.tune(det, images, cache_dir, backbone_id=backbone_id, engine=engine, force=args.force,
-                                 int8_factory=_int8_factory(det, args.assets or settings.assets, cache_dir),
-                                 progress=progress)
+        decision = autotune.tune(det, images, cache_dir, backbone_id=backbone_id, flags=flags, versions=versions,
+                                 engine=engine, force=args.force,
+                                 int8_factory=_int8_factory(det, assets, cache_dir, digest), progress=progress)
     if args.json:
         print(json.dumps(autotune.doctor_json(decision)))
         return 0
@@ -94,7 +93,7 @@ def run(args):
     return 0
 
 
-def _int8_factory(det, assets: Path, cache_dir):
+def _int8_factory(det, assets: Path, cache_dir, digest):
     """The kept int8 recipe's engine maker (calibrated on the built-in bank's images, not the measured ones), or
     None (no recipe kept: int8 is not a candidate)."""
     from .. import quantize
@@ -102,4 +101,4 @@ def _int8_factory(det, assets: Path, cache_dir):
         return None
     calibration = sorted(Path(assets, "bank").glob("*.png"))
     calibration = [p for p in calibration if not p.stem.endswith("_mask")][:quantize.CALIBRATION_IMAGES]
-    return quantize.int8_factory(quantize.KEPT_RECIPE, det.pixels(calibration), cache_dir)
+    return quantize.int8_factory(quantize.KEPT_RECIPE, det.pixels(calibration), cache_dir, digest)
