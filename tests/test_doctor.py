@@ -3,8 +3,10 @@ import json
 
 import pytest
 
-from mrad_core import autotune
-from mrad_core.cli import main
+from mrad_core import autotune, runtime
+from mrad_core.cli import build_parser, main
+from mrad_core.cli.common import runtime_from_args
+from mrad_core.settings import Settings
 
 CANDIDATE_KEYS = {"engine", "precision", "s_per_image", "max_abs", "min_corr", "within_bounds"}
 
@@ -20,8 +22,8 @@ def test_doctor_json_contract_then_from_the_cache(tiny_files, tmp_path, capsys, 
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"cpu_class", "choice", "candidates"}
     assert set(out["choice"]) == {"engine", "precision"}
-    assert out["cpu_class"] == autotune.cpu_class(autotune.cpu_flags())
-    expected = autotune.candidates(autotune.cpu_flags(), autotune.library_versions()["openvino"] is not None)
+    assert out["cpu_class"] == runtime.cpu_class(runtime.cpu_flags())
+    expected = autotune.candidates(runtime.cpu_flags(), autotune.library_versions()["openvino"] is not None)
     assert [(c["engine"], c["precision"]) for c in out["candidates"]] == [c.pair for c in expected]
     for c in out["candidates"]:
         assert set(c) == CANDIDATE_KEYS and c["s_per_image"] > 0
@@ -40,6 +42,18 @@ def test_doctor_json_contract_then_from_the_cache(tiny_files, tmp_path, capsys, 
     text = capsys.readouterr().out
     assert "from the cache" in text and f"auto: {out['choice']['engine']} {out['choice']['precision']}" in text
     assert "<- auto" in text and "max|dmap|" in text
+
+    # `mrad predict --precision auto` resolves to the measured choice (the same cache, Settings.cache_dir)
+    settings = Settings.from_env(cache_dir=tmp_path)
+    out_dir = ["--out", str(tmp_path / "o")]
+    predict = build_parser().parse_args(["predict", "x.png", *out_dir, "--precision", "auto", *model_args(tiny_files)])
+    predict.settings = settings
+    rt = runtime_from_args(predict)
+    assert (rt.engine, rt.precision) == (out["choice"]["engine"], out["choice"]["precision"])
+    assert "measured" in rt.why
+    exact = build_parser().parse_args(["predict", "x.png", *out_dir, *model_args(tiny_files)])  # fp32 unless auto
+    exact.settings = settings
+    assert runtime_from_args(exact).precision == "fp32"
 
 
 def test_doctor_refuses_what_it_cannot_measure(tiny_files, tmp_path, capsys):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-from .. import runtime
+from .. import autotune, runtime
 from ..artefacts.registry import DEFAULT_REPO, DEFAULT_REPO_PUBLISHED, DEFAULT_REVISION, TRAINING_SOURCES, \
     source_for_dataset
 from ..config import DEFAULT, VARIANTS
@@ -71,9 +71,28 @@ def runtime_from_args(args, device=None) -> runtime.Runtime:
     `device` overrides --device (a torchrun rank's own GPU)."""
     s = settings_of(args)
     entry = args.command if args.command in runtime.ENTRY_DEFAULTS else "library"
+    precision = getattr(args, "precision", None)
+    auto = (precision or runtime.ENTRY_DEFAULTS[entry].precision) == "auto"
     return runtime.resolve(entry, device if device is not None else args.device,
-                           getattr(args, "engine", None) or s.engine, getattr(args, "precision", None),
-                           visible_devices=s.visible_devices)
+                           getattr(args, "engine", None) or s.engine, precision,
+                           visible_devices=s.visible_devices, measured=measured_from_args(args) if auto else None)
+
+
+def measured_from_args(args) -> list | None:
+    """This machine's cached `auto` measurement (`mrad doctor`) for the backbone these options name, or None (then
+    `auto` uses the recorded facts, else what is exact). Never measures, never downloads; hashes the backbone file
+    (once, cached) only when some measurement is cached."""
+    from ..artefacts.resolve import backbone_file
+    from ..errors import MRADError
+
+    s = settings_of(args)
+    if not autotune.any_measured(s.cache_dir):
+        return None
+    try:
+        path = backbone_file(getattr(args, "backbone", None), model_of(args), s.artefacts, allow_download=False)
+    except MRADError:
+        return None
+    return autotune.measured_for(s.cache_dir, path, model_of(args), config_of(args).image_size)
 
 
 def detector_from_args(args, device=None):
