@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runtime, viz
+from . import autotune, runtime, viz, warmup
 from .artefacts.digest import file_sha256
 from .artefacts.resolve import backbone_file
 from .backbone import Backbone
@@ -62,9 +62,11 @@ class Service:
         **overrides), for scripts and tests."""
         self.settings = s = settings or Settings.from_env(**overrides)
         self.config = replace(DEFAULT, model_name=s.model)
-        # the app's entry in runtime.ENTRY_DEFAULTS (auto: the fastest engine and precision inside the bounds)
+        # the app's entry in runtime.ENTRY_DEFAULTS (auto: the fastest engine and precision inside the bounds; this
+        # machine's own measurement when `mrad doctor` or an idle-time run made one, else the recorded facts)
         try:
-            self.runtime = runtime.resolve("app", s.device, s.engine, s.precision, visible_devices=s.visible_devices)
+            self.runtime = runtime.resolve("app", s.device, s.engine, s.precision, visible_devices=s.visible_devices,
+                                           measured=self._measured())
         except MRADError as e:
             raise MRADError(f"the app's MRAD_DEVICE / MRAD_ENGINE / MRAD_PRECISION: {e}") from None
         self.device, self.engine, self.precision = self.runtime.device, self.runtime.engine, self.runtime.precision
@@ -72,26 +74,59 @@ class Service:
         weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
         self.catalogue = Catalogue(s, self.workdir)
         self.calibrator = Calibrator(sorted((s.assets / "examples").glob("*_good.png")), s.calibration)
-        self.encodings = LRU(KEPT_ENCODINGS)  # sha1 of the model input -> Encoding (one backbone per service)
+        self.encodings = LRU(KEPT_ENCODINGS)  # sha1 of the model input -> (Encoding, who served it)
         self.calls = Counter()
         self._lock = threading.RLock()  # loading: one backbone, one detector per source
         self._backbone = None
         self._detectors: dict = {}
         self._status = "idle: nothing loaded yet (the model loads on first use)"
 
+    def _measured(self) -> list | None:
+        """This machine's cached `auto` measurement for the configured backbone (autotune.measured_for), or None:
+        looked up only for `auto`, and nothing is hashed while no measurement is cached at all."""
+        s = self.settings
+        if s.precision not in (None, "", "auto") or not autotune.any_measured(s.cache_dir):
+            return None
+        try:
+            path = backbone_file(None, s.model, s.artefacts, allow_download=False)
+        except MRADError:
+            return None
+        return autotune.measured_for(s.cache_dir, path, s.model, self.config.image_size)
+
     # ------------------------------------------------------------------ status
     def status(self) -> str:
         since = getattr(self, "_since", None)
         busy = since is not None and not self._status.startswith(("ready", "idle"))
         elapsed = f" ({time.monotonic() - since:.0f} s so far)" if busy else ""
-        return f"{self._status}{elapsed} · {self.runtime.describe()}"
+        return f"{self._status}{elapsed} · {self.runtime.describe()}{self._warm_note()}"
+
+    def warm_engine(self):
+        """The WarmEngine converting (or done converting) the encoder for OpenVINO in the background, or None."""
+        return getattr(self._backbone, "warm_engine", None)
+
+    def _warm_note(self) -> str:
+        warm = self.warm_engine()
+        if warm is None:
+            return ""
+        state = warm.status()
+        if state["state"] in ("converting", "switching"):
+            return (" · OpenVINO: converting the image encoder in the background (once per backbone); PyTorch fp32 "
+                    "answers meanwhile")
+        if state["state"] == "failed":
+            return f" · OpenVINO conversion failed ({state['error']}): PyTorch fp32 serves"
+        return ""
 
     def set_status(self, text: str):
         self._status, self._since = text, time.monotonic()
 
+    def _background_conversion(self) -> bool:
+        """OpenVINO's one-time conversion runs in the background (PyTorch answers meanwhile): on a CPU, not on
+        ZeroGPU (no background work there)."""
+        return self.engine == "openvino" and self.device.type == "cpu" and not self.settings.zero_gpu
+
     def _encoder_stage(self) -> str:
         """What preparing the image encoder involves with this engine (said while a detector loads)."""
-        if self.engine != "openvino":
+        if self.engine != "openvino" or self._background_conversion():
             return ""
         return ("; then the image encoder for OpenVINO: the first time for this backbone it is converted for this "
                 "CPU and cached (3–4 minutes on a 2-core CPU, once per backbone; later starts read the cache in "
@@ -171,8 +206,12 @@ class Service:
         """A Detector on the shared backbone with this service's engine (converted once per backbone file)."""
         path = backbone.weights_path
         digest = file_sha256(path, self.settings.cache_dir) if path and Path(path).is_file() else None
-        encoder = runtime.make_encoder(self.runtime, backbone, cache_dir=self.settings.cache_dir,
-                                       weights_digest=digest, progress=self.set_status)
+        if self._background_conversion():  # the IR not converted yet: PyTorch now, OpenVINO once converted
+            encoder = warmup.engine_for(backbone, self.device, self.precision, self.settings.cache_dir, digest,
+                                        progress=self.set_status)
+        else:
+            encoder = runtime.make_encoder(self.runtime, backbone, cache_dir=self.settings.cache_dir,
+                                           weights_digest=digest, progress=self.set_status)
         return Detector(backbone, heads, image_bank, patch_bank, device=self.device, precision=self.precision,
                         batch_size=self.settings.batch_size, engine=encoder)
 
@@ -209,13 +248,21 @@ class Service:
     def encode_cached(self, det: Detector, pixels) -> tuple:
         """(Encoding, re-used?) of one preprocessed image; the same pixels again re-use their encoding (every
         source shares this service's backbone, so the encoding depends on the pixels only)."""
+        enc, reused, _ = self.encode_served(det, pixels)
+        return enc, reused
+
+    def encode_served(self, det: Detector, pixels) -> tuple:
+        """encode_cached's (Encoding, re-used?) and who served that encoding: {"engine", "precision"} (during a
+        background conversion PyTorch fp32, then OpenVINO)."""
         key = hashlib.sha1(pixels.numpy().tobytes()).hexdigest()
-        enc = self.encodings.get(key)
-        if enc is not None:
-            return enc, True
+        hit = self.encodings.get(key)
+        if hit is not None:
+            return hit[0], True, hit[1]
         enc = self.encode(det, pixels)
-        self.encodings.put(key, enc)
-        return enc, False
+        served = getattr(det.engine, "served", lambda: None)() or {"engine": det.engine.name,
+                                                                    "precision": self.precision}
+        self.encodings.put(key, (enc, served))
+        return enc, False, served
 
     def runnable(self, det: Detector, variants) -> tuple:
         """(variants to run, {variant: why not}) for a detector; MRADError when none can run."""
@@ -268,7 +315,7 @@ class Service:
         self.set_status(f"encoding {loaded.name} …")
         try:
             t0 = time.perf_counter()
-            enc, reused = self.encode_cached(det, pixels)
+            enc, reused, served = self.encode_served(det, pixels)
             synchronize(self.device)
             encode_ms = 0.0 if reused else 1000 * (time.perf_counter() - t0)
             levels = self.calibrations(det, source, bank_id, run, calibrations, compute=calibrate,
@@ -285,7 +332,7 @@ class Service:
                                                        levels.get(v))
         finally:
             self._ready()
-        setup = {"device": self.device.type, "engine": det.engine.name, "precision": self.precision,
+        setup = {"device": self.device.type, "engine": served["engine"], "precision": served["precision"],
                  "model": Path(self.settings.model).name}
         return Analysis(loaded.name, loaded.notes, display, outputs, skipped, encode_ms, reused, source,
                         SOURCE_LABELS[source], setup)

@@ -141,3 +141,89 @@ def test_build_time_conversion_only_with_a_local_backbone(tiny_files, tiny_confi
     monkeypatch.setattr(hub, "backbone_weights", missing)
     assert "not on this machine" in warmup.convert_if_local(None, None, tmp_path / "ov2")
     assert not (tmp_path / "ov2").exists()
+
+
+# ---------------------------------------------------------------- in the app's Service
+def warm_service(tiny_files, cache_dir, **kw):
+    from mrad_core.service import Service
+    return Service(files={k: tiny_files[k] for k in ("backbone", "heads", "image_bank", "patch_bank")},
+                   model=tiny_files["model"], device="cpu", engine="openvino", precision="fp32",
+                   cache_dir=cache_dir, calibration=False, **kw)
+
+
+def test_the_app_answers_on_pytorch_while_converting_and_says_who_served(tiny_files, ir_dir, monkeypatch):
+    """A cold start of the app's Service with OpenVINO chosen: the first result is PyTorch fp32's (the /predict
+    JSON and the card say so, and the status line says the conversion runs), the next after the switch
+    OpenVINO's, both within the fp32 parity tolerance."""
+    from mrad_core import viz
+    from mrad_core.ui.text import Thresholds, summary_md
+    in_conversion, may_finish = threading.Event(), threading.Event()
+    real_convert = engines.convert_openvino
+
+    def held_convert(backbone):
+        in_conversion.set()
+        assert may_finish.wait(WAIT)
+        return real_convert(backbone)
+    monkeypatch.setattr(engines, "convert_openvino", held_convert)
+    service = warm_service(tiny_files, ir_dir)
+    image = tiny_files["images"][0]
+    try:
+        first = service.analyze(image, source="env")
+        warm = service.warm_engine()
+        assert isinstance(warm, warmup.WarmEngine) and in_conversion.wait(WAIT)
+        assert first.summary()["engine"] == "torch" and first.summary()["precision"] == "fp32"
+        assert "(torch, fp32)" in summary_md(first, Thresholds(0.5), viz.View())
+        assert "converting the image encoder in the background" in service.status()
+        assert service.analyze(image, source="env").setup["engine"] == "torch"  # re-used encoding: who made it
+    finally:
+        may_finish.set()
+        assert warm.wait(WAIT) and warm.join(WAIT)  # no thread outlives the test
+    assert warm.error is None and "converting" not in service.status()
+    service.encodings = type(service.encodings)(8)  # encode the same image again, now on OpenVINO
+    after = service.analyze(image, source="env")
+    assert (after.setup["engine"], after.setup["precision"]) == ("openvino", "fp32") and not after.reused
+    assert service.detector("env").backbone.openvino_engine is warm.openvino
+    for v, out in first.outputs.items():  # the fp32 parity tolerance; the app's display maps are float16, so
+        assert abs(after.outputs[v].score - out.score) <= 1e-5  # 1e-4 plus one float16 step at their values
+        step = np.spacing(np.abs(out.map).astype(np.float16)).astype(np.float32)
+        assert (np.abs(after.outputs[v].map.astype(np.float32) - out.map.astype(np.float32)) <= 1e-4 + step).all()
+
+
+def test_the_app_converts_in_place_on_zerogpu_or_when_cached(tiny_files, ir_dir):
+    """No background work on ZeroGPU: the conversion runs in the call (today's behaviour); with the IR cached,
+    OpenVINO serves at once."""
+    zero = warm_service(tiny_files, ir_dir, zero_gpu=True)
+    det = zero.detector("env")
+    assert isinstance(det.engine, engines.OpenVINOEngine) and det.engine.info["converted"]
+    assert zero.warm_engine() is None
+    assert zero.analyze(tiny_files["images"][0], source="env").setup["engine"] == "openvino"
+    again = warm_service(tiny_files, ir_dir)  # a new process's Service: the IR is cached
+    det = again.detector("env")
+    assert isinstance(det.engine, engines.OpenVINOEngine) and not det.engine.info["converted"]
+    assert again.warm_engine() is None
+
+
+def test_the_app_auto_uses_this_machines_measurement(tiny_files, tmp_path, monkeypatch):
+    """`auto` in the app: this machine's cached measurement (mrad doctor's, same key) decides, and the status says
+    the runtime; without one, runtime.resolve's usual answer."""
+    from mrad_core import autotune, runtime
+    from mrad_core.artefacts.digest import file_sha256
+    from mrad_core.service import Service
+
+    def service():
+        return Service(files={"backbone": tiny_files["backbone"]}, model=tiny_files["model"], device="cpu",
+                       cache_dir=tmp_path)
+    unmeasured = service().runtime
+    backbone_id = autotune.backbone_identity(file_sha256(tiny_files["backbone"], tmp_path), tiny_files["model"],
+                                             service().config.image_size)
+    rows = [{"engine": "torch", "precision": "fp32", "s_per_image": 3.0, "max_abs": 0.0, "min_corr": 1.0,
+             "within_bounds": True},
+            {"engine": "torch", "precision": "bf16-mlp", "s_per_image": 1.0, "max_abs": 1e-3, "min_corr": 0.9999,
+             "within_bounds": True}]
+    key = autotune.cache_key(runtime.cpu_flags(), autotune.library_versions(), backbone_id)
+    autotune.save_decision(tmp_path, {"format": autotune.FORMAT, "key": key, "cpu_class": "x",
+                                      "choice": {"engine": "torch", "precision": "bf16-mlp"}, "candidates": rows})
+    measured = service()
+    assert (measured.engine, measured.precision) == ("torch", "bf16-mlp") and "measured" in measured.runtime.why
+    assert "engine torch · precision bf16-mlp" in measured.status()
+    assert "measured" not in unmeasured.why
