@@ -98,7 +98,8 @@ class Service:
         since = getattr(self, "_since", None)
         busy = since is not None and not self._status.startswith(("ready", "idle"))
         elapsed = f" ({time.monotonic() - since:.0f} s so far)" if busy else ""
-        return f"{self._status}{elapsed} · {self.runtime.describe()}{self._warm_note()}"
+        measured = " (auto: measured on this machine)" if "measured" in self.runtime.why else ""
+        return f"{self._status}{elapsed} · {self.runtime.describe()}{measured}{self._warm_note()}"
 
     def warm_engine(self):
         """The WarmEngine converting (or done converting) the encoder for OpenVINO in the background, or None."""
@@ -121,8 +122,9 @@ class Service:
 
     def _background_conversion(self) -> bool:
         """OpenVINO's one-time conversion runs in the background (PyTorch answers meanwhile): on a CPU, not on
-        ZeroGPU (no background work there)."""
-        return self.engine == "openvino" and self.device.type == "cpu" and not self.settings.zero_gpu
+        ZeroGPU (no background work there) nor when emulating it (model calls fork: no thread may be converting)."""
+        s = self.settings
+        return self.engine == "openvino" and self.device.type == "cpu" and not s.zero_gpu and not s.emulate_zero_gpu
 
     def _encoder_stage(self) -> str:
         """What preparing the image encoder involves with this engine (said while a detector loads)."""

@@ -192,6 +192,7 @@ def test_the_app_answers_on_pytorch_while_converting_and_says_who_served(tiny_fi
 def test_the_app_converts_in_place_on_zerogpu_or_when_cached(tiny_files, ir_dir):
     """No background work on ZeroGPU: the conversion runs in the call (today's behaviour); with the IR cached,
     OpenVINO serves at once."""
+    assert not warm_service(tiny_files, ir_dir, emulate_zero_gpu=True)._background_conversion()  # it forks
     zero = warm_service(tiny_files, ir_dir, zero_gpu=True)
     det = zero.detector("env")
     assert isinstance(det.engine, engines.OpenVINOEngine) and det.engine.info["converted"]
@@ -225,5 +226,5 @@ def test_the_app_auto_uses_this_machines_measurement(tiny_files, tmp_path, monke
                                       "choice": {"engine": "torch", "precision": "bf16-mlp"}, "candidates": rows})
     measured = service()
     assert (measured.engine, measured.precision) == ("torch", "bf16-mlp") and "measured" in measured.runtime.why
-    assert "engine torch · precision bf16-mlp" in measured.status()
+    assert "engine torch · precision bf16-mlp (auto: measured on this machine)" in measured.status()
     assert "measured" not in unmeasured.why
