@@ -105,6 +105,12 @@ class Service:
         """The WarmEngine converting (or done converting) the encoder for OpenVINO in the background, or None."""
         return getattr(self._backbone, "warm_engine", None)
 
+    def join_background(self, timeout: float | None = None) -> bool:
+        """Wait for the background OpenVINO conversion (if one runs) to end; True when none runs (tests call this
+        before they end: no thread may outlive them, nor run while something forks)."""
+        warm = self.warm_engine()
+        return warm is None or warm.join(timeout)
+
     def _warm_note(self) -> str:
         warm = self.warm_engine()
         if warm is None:

@@ -48,3 +48,5 @@ def served_tiny(tiny_files, **options):
         yield demo.mrad.service, demo, url
     finally:
         demo.close()
+        # auto on a CPU may be OpenVINO converting in the background (a cold cache): its thread ends with the test
+        assert demo.mrad.service.join_background(600), "the background OpenVINO conversion did not end"

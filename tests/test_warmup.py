@@ -177,7 +177,7 @@ def test_the_app_answers_on_pytorch_while_converting_and_says_who_served(tiny_fi
         assert service.analyze(image, source="env").setup["engine"] == "torch"  # re-used encoding: who made it
     finally:
         may_finish.set()
-        assert warm.wait(WAIT) and warm.join(WAIT)  # no thread outlives the test
+        assert warm.wait(WAIT) and service.join_background(WAIT)  # no thread outlives the test
     assert warm.error is None and "converting" not in service.status()
     service.encodings = type(service.encodings)(8)  # encode the same image again, now on OpenVINO
     after = service.analyze(image, source="env")
