@@ -63,7 +63,7 @@ class Service:
         self.settings = s = settings or Settings.from_env(**overrides)
         self.config = replace(DEFAULT, model_name=s.model)
         # the app's entry in runtime.ENTRY_DEFAULTS (auto: the fastest engine and precision inside the bounds; this
-        # machine's own measurement when `mrad doctor` or an idle-time run made one, else the recorded facts)
+        # machine's own measurement once `mrad doctor` made one, else the recorded facts, else what is exact)
         try:
             self.runtime = runtime.resolve("app", s.device, s.engine, s.precision, visible_devices=s.visible_devices,
                                            measured=self._measured())
