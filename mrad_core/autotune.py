@@ -151,8 +151,8 @@ def measure(candidates, images, encode_fn, maps_fn, timer=time.perf_counter, pro
     pays any one-time cost (a compile, a first allocation), so s_per_image is the median of the others (of the only
     one with one image). The reference pair (PyTorch fp32) is measured first, whatever the order given; its maps
     are what every other candidate's are compared with. With stop_when_out, a candidate whose maps already left
-    the bounds is not encoded on the remaining images (its time is then its first image's). A candidate that fails (EngineError, a missing package) is
-    a row with "error" and out of bounds. Returns rows: {"engine", "precision", "s_per_image", "max_abs",
+    the bounds is not encoded on the remaining images (its time is then its first image's). A candidate that fails
+    (EngineError, a missing package) is a row with "error" and out of bounds. Returns rows: {"engine", "precision", "s_per_image", "max_abs",
     "min_corr", "within_bounds", "images"} (+ "error")."""
     cands = sorted(candidates, key=lambda c: c.pair != REFERENCE)
     if not cands or cands[0].pair != REFERENCE:
