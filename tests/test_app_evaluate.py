@@ -250,29 +250,27 @@ def test_browser_upload_zip_see_metrics_apply_threshold(served, dataset):
 
 
 def test_a_variant_the_bank_cannot_run_is_left_out_with_its_reason(served, tmp_path, monkeypatch):
-    """Whether MRAD-CLIP can run is known only once the model call has loaded the heads: the evaluation goes on
-    with the others and says why."""
-    from mrad_core.batch import ChunkScores
+    """The Scorer's plan says which variants this bank runs (exact: from the loaded detector); the evaluation goes
+    on with the others, says why, and never asks the model for the one left out."""
     page = served[2].mrad
-    real, calls = page.gpu_chunk, []
+    det = page.service.detector(page.service.catalogue.default())
+    real_availability, real_chunk, calls = det.availability, page.gpu_chunk, []
+    monkeypatch.setattr(det, "availability", lambda: {**real_availability(), "clip": "these heads have no prompt parts"})
 
-    def without_clip(pixels, variants, *a, **k):
+    def counted(pixels, variants, *a, **k):
         calls.append(tuple(variants))
-        chunk = real(pixels, [v for v in variants if v != "clip"], *a, **k)
-        why = {"clip": "these heads have no prompt parts"} if "clip" in variants else {}
-        return ChunkScores(chunk.results, {**chunk.skipped, **why})
+        return real_chunk(pixels, variants, *a, **k)
 
-    monkeypatch.setattr(page, "gpu_chunk", without_clip)
+    monkeypatch.setattr(page, "gpu_chunk", counted)
     members = {f"good/g{i}.png": _png(i) for i in range(2)} | {f"bad/b{i}.png": _png(10 + i, True) for i in range(2)}
     out = page.evaluate.evaluate(str(_zip(tmp_path / "parts.zip", members)), None, None, None, ["tf", "clip"], None,
                                  None, 0.05, 0, progress=lambda *a, **k: None)
     assert out[0].startswith("**4 images evaluated** (2 good, 2 defective, 0 with masks) with MRAD-TF. MRAD-CLIP "
                              "did not run: these heads have no prompt parts. No masks were given")
     assert out[1]["headers"] == ["class", "metric", "MRAD-TF", "note"]
-    assert calls == [("tf", "clip"), ("tf",)]  # one chunk to find out, then the evaluation without MRAD-CLIP
-    monkeypatch.setattr(page, "gpu_chunk", lambda p, v, *a, **k: ChunkScores({}, {x: "no heads" for x in v}))
-    with pytest.raises(gr_error(), match="none of the chosen variants can run with this memory bank: MRAD-TF: no "
-                                         "heads"):
+    assert calls and set(calls) == {("tf",)}  # the plan left MRAD-CLIP out before any model call
+    monkeypatch.setattr(det, "availability", lambda: {v: f"no heads for {v}" for v in real_availability()})
+    with pytest.raises(gr_error(), match="none of the chosen variants can run with this memory bank: no heads for tf"):
         page.evaluate.evaluate(str(tmp_path / "parts.zip"), None, None, None, ["tf"], None, None,
                                progress=lambda *a, **k: None)
 

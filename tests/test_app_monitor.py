@@ -1,42 +1,18 @@
-"""The Monitor tab mounted on the page (as page.py will mount it), served on 127.0.0.1 with the tiny model: the
+"""The Monitor tab of the page, served on 127.0.0.1 with the tiny model: the
 /monitor_video API equals the detector on the same decoded frames, bad videos get a message while /status keeps
 answering, re-classification makes no model call, and the camera path scores the newest frame."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from served_app import free_port
+from served_app import served_tiny
 from test_monitor import line_frames, write_video
-
-TINY_FILES = ("backbone", "heads", "image_bank", "patch_bank")
-
-
-def monitor_page(service):
-    from mrad_core.ui.monitor_tab import MonitorTab
-    from mrad_core.ui.page import Page
-
-    class MonitorPage(Page):  # what page.py gets: the tab constructed and listed in self.tabs
-        def __init__(self, service):
-            super().__init__(service)
-            self.monitor = MonitorTab(self)
-            self.tabs.append(("Monitor", [self.monitor]))
-
-    return MonitorPage(service)
-
 
 @pytest.fixture(scope="module")
 def served(tiny_files):
-    import app
-    from mrad_core.service import Service
-    service = Service(files={k: tiny_files[k] for k in TINY_FILES}, model=tiny_files["model"], device="cpu",
-                      precision="fp32")
-    demo = monitor_page(service).build()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **app.launch_options(demo))
-    try:
+    with served_tiny(tiny_files, precision="fp32") as (service, demo, url):
+        assert ("Monitor", [demo.mrad.monitor]) in demo.mrad.tabs  # mounted on the page every user gets
         yield service, url, demo.mrad
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")

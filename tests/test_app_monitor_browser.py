@@ -4,12 +4,11 @@ import re
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
-from served_app import CHROMIUM, free_port
+from served_app import CHROMIUM
 from served_app import CHROMIUM_ARGS as ARGS
-from test_app_monitor import TINY_FILES, monitor_page
+from test_app_monitor import served  # noqa: F401 (the fixture: the app served with the tiny model)
 from test_monitor import line_frames
 
 pytestmark = pytest.mark.browser
@@ -23,21 +22,6 @@ def write_y4m(path, frames, fps=10):
         for rgb in frames:
             f.write(b"FRAME\n" + cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
     return path
-
-
-@pytest.fixture(scope="module")
-def served(tiny_files):
-    import app
-    from mrad_core.service import Service
-    service = Service(files={k: tiny_files[k] for k in TINY_FILES}, model=tiny_files["model"], device="cpu",
-                      precision="fp32")
-    demo = monitor_page(service).build()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **app.launch_options(demo))
-    try:
-        yield service, url, demo.mrad
-    finally:
-        demo.close()
 
 
 def _sessions(page_obj):

@@ -18,6 +18,7 @@ from .batch_tab import BatchTab
 from .detect import DetectTab
 from .evaluate_tab import EvaluateTab
 from .gpu import model_call
+from .monitor_tab import MonitorTab
 from .teach import TeachPanel
 
 
@@ -37,9 +38,10 @@ class Page:
         self.gpu_build_bank = call("build_bank")(service.build_bank)
         self.detect, self.teach = DetectTab(self), TeachPanel(self)
         self.batch, self.bank, self.evaluate = BatchTab(self), BankTab(self), EvaluateTab(self)
+        self.monitor = MonitorTab(self)
         # (tab label, its parts in order): the teaching panel sits under the Detect results
         self.tabs = [("Detect", [self.detect, self.teach]), ("Batch", [self.batch]), ("Bank", [self.bank]),
-                     ("Evaluate", [self.evaluate])]  # short labels: all four fit a phone's width
+                     ("Evaluate", [self.evaluate]), ("Monitor", [self.monitor])]  # short labels: they fit a phone
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="MRAD: zero-shot anomaly detection", delete_cache=(3600, 7200)) as demo:
@@ -110,7 +112,8 @@ class Page:
         """Endpoint name -> defaults of its inputs after the first (for raw HTTP calls that send only the first)."""
         from inspect import signature
         return {name: [p.default for p in list(signature(fn).parameters.values())[1:]]
-                for name, fn in (("predict", self.detect.predict), ("evaluate", self.evaluate.evaluate_api))}
+                for name, fn in (("predict", self.detect.predict), ("evaluate", self.evaluate.evaluate_api),
+                                 ("monitor_video", self.monitor.monitor_video))}
 
 
 def build_demo(service: Service) -> gr.Blocks:
