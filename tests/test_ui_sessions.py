@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from mrad_core.errors import MRADError
-from mrad_core.ui.sessions import Bank, DetectSession, Edit, TeachSession, remember_levels
+from mrad_core.ui.sessions import Bank, Edit, TeachSession, remember_levels
 from mrad_core.viz import Calibration
 
 
@@ -69,20 +69,6 @@ def test_the_taught_here_guard():
 def analysis(**levels):
     """A stand-in records.Analysis: per variant an output with its calibration (or None)."""
     return SimpleNamespace(outputs={v: SimpleNamespace(calibration=c) for v, c in levels.items()})
-
-
-def test_the_detect_session_remembers_the_levels_each_result_brought():
-    tf, ft = Calibration(0.1, 0.9), Calibration(0.2, 0.8)
-    d = DetectSession()
-    assert d.analysis is None and d.levels == {} and d.levels_for("visa") is None
-    a = analysis(tf=tf, ft=None)
-    d1 = d.shown(a, "visa")
-    assert d1.analysis is a and d1.levels == {"visa": {"tf": tf}} and d1.levels_for("visa") == {"tf": tf}
-    d2 = d1.with_bank("b1").shown(analysis(ft=ft), "custom", "b1")
-    assert d2.bank_id == "b1" and d2.levels_for("custom", "b1") == {"ft": ft} and d2.levels_for("visa") == {"tf": tf}
-    d3 = d2.shown(analysis(tf=None), "mvtec")  # a raw result brings no levels: none are invented
-    assert d3.levels == d2.levels and d3.levels_for("mvtec") is None
-    assert d.levels == {} and d1.bank_id is None  # each value stays as it was
 
 
 def test_remember_levels_leaves_the_levels_it_was_given_alone():

@@ -13,6 +13,7 @@ from ..config import VARIANTS
 from ..errors import MRADError
 from ..images import ImageError, load_image
 from .gpu import user_errors
+from .sessions import remember_levels
 from . import text
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "assets" / "examples").glob("*.png"))
@@ -171,7 +172,7 @@ class DetectTab:
                                   calibrations=(levels or {}).get(key), progress=self.page.reporter(progress))
         for note in a.notes:
             gr.Info(f"{a.name}: {note}")
-        levels = {**(levels or {}), key: {v: o.calibration for v, o in a.outputs.items() if o.calibration}}
+        levels = remember_levels(levels, a.source, bank_id, a)
         if profile is not None:  # shown on the profile's scale (as the Make it yours panel does)
             a = teaching.with_levels(a, teaching.profile_levels(profile))
         return {self.page.analysis: a, self.page.levels: levels, **self.render(a, *controls, profile=profile)}
@@ -218,7 +219,7 @@ class DetectTab:
         key = self.page.calibration_key(a.source, bank_id)
         progress(0, desc="calibrating the map scale on the normal reference images")
         a = self.page.gpu_calibrate(a, bank_id, (levels or {}).get(key), progress=self.page.reporter(progress))
-        levels = {**(levels or {}), key: {v: o.calibration for v, o in a.outputs.items() if o.calibration}}
+        levels = remember_levels(levels, a.source, bank_id, a)
         return {self.page.analysis: a, self.page.levels: levels, **self.render(a, *controls, profile=profile)}
 
     def check_upload(self, image, summary=None):

@@ -1,5 +1,6 @@
 """What one browser session of the app keeps between events, as typed values with their rules (no Gradio here: each
-lives in a gr.State of the page and is unit-tested on its own).
+lives in a gr.State of the page and is unit-tested on its own). The Detect tab keeps its result (a records.Analysis),
+the calibration levels the GPU calls brought back (`remember_levels`) and the custom bank id in three gr.State.
 
     session = TeachSession.resume(None, "current", "visa", None)    # the first edit: a new session
     session = session.push("a1b2", "part_7")                        # one taught bank per edit, newest last
@@ -142,27 +143,3 @@ def remember_levels(levels: dict | None, source: str, bank_id: str | None, analy
     if not known:
         return dict(levels or {})
     return {**(levels or {}), Service.calibration_key(source, bank_id): known}
-
-
-@dataclass(frozen=True)
-class DetectSession:
-    """What the Detect tab keeps (today three gr.State of the page: analysis, levels, bank_id).
-
-    analysis: the records.Analysis on screen; levels: calibration key -> {variant: viz.Calibration}, computed in GPU
-    calls and carried to later ones; bank_id: the custom bank built in this session (its files live on the
-    server)."""
-    analysis: object = None
-    levels: dict = field(default_factory=dict)
-    bank_id: str | None = None
-
-    def levels_for(self, source: str, bank_id: str | None = None) -> dict | None:
-        """The levels a model call on (source, bank_id) starts from (None: none known yet)."""
-        return self.levels.get(Service.calibration_key(source, bank_id))
-
-    def shown(self, analysis, source: str, bank_id: str | None = None) -> "DetectSession":
-        """A new result on screen, scored on (source, bank_id): its levels are remembered."""
-        return replace(self, analysis=analysis, levels=remember_levels(self.levels, source, bank_id, analysis))
-
-    def with_bank(self, bank_id: str | None) -> "DetectSession":
-        """A custom bank built (Bank tab) or taught: the session's bank from now on."""
-        return replace(self, bank_id=bank_id)
