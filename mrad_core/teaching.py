@@ -21,6 +21,8 @@ from .records import Analysis, VariantOutput
 
 MIN_CALIBRATION, MAX_CALIBRATION = 5, 50
 TAUGHT_NAME = "taught"  # the source name of banks taught from empty
+START_NAMES = {"env": "your files", "visa": "VisA", "mvtec": "MVTec AD", "examples": "the examples",
+               "custom": "my bank"}  # short names of the sources (sources.LABELS words them in full)
 
 
 def _banks(service, start, bank_id):
@@ -66,8 +68,22 @@ def add_example(service, start, bank_id, image, mask=None, name=None, current=No
     if bank_id is None and start and start.get("source") in ("visa", "mvtec"):
         for bank in banks:  # a bank taught from the paper's keeps its heads: FT and CLIP still run on it
             bank.meta["heads_from"] = start["source"]
-    new_id = service.catalogue.add_bank(banks, banks[0].source if image_bank is not None else TAUGHT_NAME)
+    label = bank_name(image_bank, None if bank_id else start)
+    for bank in banks:  # the name the teach report and the bank's files show
+        bank.meta["source"] = label
+    new_id = service.catalogue.add_bank(banks, label)
     return new_id, image_id, _rescore(service, current, variants, new_id, calibrate)
+
+
+def bank_name(image_bank, start=None) -> str:
+    """The name of a bank taught from `image_bank` (None: from empty): the name it records, else (the authors' files
+    record none) "taught from <the start's source>"."""
+    if image_bank is None:
+        return TAUGHT_NAME
+    if image_bank.meta.get("source"):
+        return image_bank.meta["source"]
+    key = (start or {}).get("source")
+    return f"taught from {START_NAMES.get(key, key)}" if key else TAUGHT_NAME
 
 
 def remove_examples(service, bank_id, ids, current=None, variants=("tf",), calibrate=False) -> tuple:
