@@ -145,6 +145,27 @@ def render(base: np.ndarray, anomaly_map: np.ndarray, view: View = View(),
     return out, area_percent(mask)
 
 
+MARK_COLOUR, MARK_OUTLINE = (255, 0, 255), (0, 0, 0)  # magenta on black: seen on every colormap and image
+
+
+def mark_point(image: np.ndarray, x: int, y: int) -> np.ndarray:
+    """A copy of (H, W, 3) uint8 `image` with the point (x, y) marked: a ring and a cross (magenta outlined in
+    black), sized to the image. A point outside the image is clipped onto its border."""
+    h, w = image.shape[:2]
+    x, y = int(np.clip(x, 0, w - 1)), int(np.clip(y, 0, h - 1))
+    radius = max(6, round(max(h, w) / 40))
+    thin = max(2, round(max(h, w) / 250))
+    out = np.ascontiguousarray(image).copy()
+    for colour, width in ((MARK_OUTLINE, thin + 2), (MARK_COLOUR, thin)):
+        cv2.circle(out, (x, y), radius, colour, width, lineType=cv2.LINE_AA)
+        for dx, dy in ((1, 0), (0, 1)):  # the cross's arms, from the ring outwards to twice its radius
+            for sign in (-1, 1):
+                a = (x + sign * dx * radius, y + sign * dy * radius)
+                b = (x + sign * dx * 2 * radius, y + sign * dy * 2 * radius)
+                cv2.line(out, a, b, colour, width, lineType=cv2.LINE_AA)
+    return out
+
+
 def fit(image: np.ndarray, max_side: int = 518) -> np.ndarray:
     """(H, W, 3) uint8 -> resized (area interpolation) so that the longer side is at most `max_side`."""
     h, w = image.shape[:2]

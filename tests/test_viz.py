@@ -131,3 +131,18 @@ def test_fit_resize_map_and_strip():
     assert (grid[-64:, -64:] == 255).all()  # the fourth cell is empty
     assert (grid[20:40, 4:60] == 0).any() and (grid[0:10, 60:64] == 255).all()
     assert viz.tile_grid(tiles[:2], ["input", "a"], size=64).shape == (64, 132, 3)
+
+
+def test_mark_point_draws_a_ring_and_cross_around_the_point_only(base):
+    marked = viz.mark_point(base, 60, 40)
+    assert marked.shape == base.shape and marked.dtype == np.uint8 and marked is not base
+    changed = (marked != base).any(axis=2)
+    ys, xs = np.nonzero(changed)
+    radius = max(6, round(120 / 40))
+    assert abs(xs.mean() - 60) < 2 and abs(ys.mean() - 40) < 2  # centred on the point
+    assert xs.max() - xs.min() <= 4 * radius + 8 and ys.max() - ys.min() <= 4 * radius + 8
+    assert (marked[40, 60] == base[40, 60]).all()  # the point itself stays visible
+    assert (marked[40, 60 + radius] == viz.MARK_COLOUR).all()  # the ring, in the marker's colour
+    assert (marked[40 - 2 * radius + 1, 60] == viz.MARK_COLOUR).all()  # the cross's upper arm
+    edge = (viz.mark_point(base, 500, -3) != base).any(axis=2)  # a point outside: clipped onto the border
+    assert edge[0, :].any() and edge[:, -1].any()
