@@ -176,6 +176,38 @@ def fit(image: np.ndarray, max_side: int = 518) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
+MAX_ASPECT = 3.0  # a display image longer than this (either way) is folded into strips by `fold`
+FOLD_GAP, FOLD_FILL = 6, 255  # white gaps between the strips
+
+
+def folds(shape: tuple, max_aspect: float = MAX_ASPECT) -> int:
+    """How many strips `fold` cuts an image of `shape` (H, W, …) into: 1 (as it is) up to `max_aspect`, else about
+    sqrt(aspect) (the folded picture then is about square)."""
+    h, w = shape[:2]
+    aspect = max(h, w) / max(1, min(h, w))
+    return 1 if aspect <= max_aspect else max(2, round(aspect ** 0.5))
+
+
+def fold(image: np.ndarray, parts: int | None = None) -> np.ndarray:
+    """A very wide (H, W, 3) uint8 picture cut into `parts` (default `folds`) equal strips left to right, stacked
+    top to bottom with white gaps (a very tall one: cut top to bottom, placed side by side), so that a column
+    shows it at a readable size. Display only: every pixel kept once, unscaled; 1 part = the image itself."""
+    parts = folds(image.shape) if parts is None else int(parts)
+    if parts <= 1:
+        return image
+    h, w = image.shape[:2]
+    tall = h > w
+    if tall:
+        image = image.transpose(1, 0, 2)
+        h, w = w, h
+    step = -(-w // parts)
+    strips = [image[:, i * step:(i + 1) * step] for i in range(parts)]
+    strips = [np.pad(s, ((0, 0), (0, step - s.shape[1]), (0, 0)), constant_values=FOLD_FILL) for s in strips]
+    gap = np.full((FOLD_GAP, step, image.shape[2]), FOLD_FILL, image.dtype)
+    out = np.vstack([x for s in strips for x in (s, gap)][:-1])
+    return np.ascontiguousarray(out.transpose(1, 0, 2) if tall else out)
+
+
 def resize_map(anomaly_map: np.ndarray, shape: tuple, dtype=np.float16) -> np.ndarray:
     """(S, S) model-space map -> (H, W) display map (bilinear), stored as `dtype` (float16 halves the cache)."""
     h, w = shape[:2]

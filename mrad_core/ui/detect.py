@@ -185,8 +185,10 @@ class DetectTab:
             return {d.summary: "Results appear here.", **{c: gr.Column(elem_classes=[]) for c in d.columns.values()}}
         view = view_of(pixel_threshold, opacity, colormap, contours, binary, normalisation)
         judge = text.Thresholds(float(image_threshold), profile)
-        out = {d.summary: text.summary_md(a, judge, view), d.legend: text.legend_html(colormap, pixel_threshold,
-                                                                                    normalisation),
+        parts = viz.folds(a.image.shape)  # a panorama (or a very tall image) is shown folded into strips
+        out = {d.summary: text.summary_md(a, judge, view),
+               d.legend: text.legend_html(colormap, pixel_threshold, normalisation) + text.fold_note(a.image.shape,
+                                                                                                  parts),
                d.json: a.summary(float(image_threshold), view)}
         for v in VARIANTS:
             o = a.outputs.get(v)
@@ -197,7 +199,8 @@ class DetectTab:
                                                            f"{why}</i></div>"})
                 continue
             overlay, area = viz.render(a.image, o.map, view, o.calibration)
-            out.update({d.sliders[v]: (a.image, overlay), d.cards[v]: text.card_html(o, area, judge, view)})
+            out.update({d.sliders[v]: (viz.fold(a.image, parts), viz.fold(overlay, parts)),
+                        d.cards[v]: text.card_html(o, area, judge, view)})
         return out
 
     def calibrate(self, a, bank_id, levels, *controls, progress=gr.Progress()):
