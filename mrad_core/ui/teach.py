@@ -271,12 +271,16 @@ class TeachPanel:
 
     # ------------------------------------------------------------------ profiles
     @user_errors
-    def calibrate(self, files, rate_percent, profile_name, follow, variants, source, bank_id, analysis, **controls):
+    def calibrate(self, files, rate_percent, profile_name, follow, variants, source, bank_id, analysis,
+                  progress=gr.Progress(), **controls):
+        """Calibrate pressed: the profile from the known-good images (progress after each image on a CPU)."""
         if rate_percent is None or not 0 < float(rate_percent) < 100:
             raise MRADError("the false-alarm rate must be between 0 and 100 %")
         source = self.page.source_of(source)
+        progress(0, desc="loading the model")
         profile = self.gpu_calibrate([str(f) for f in files or []], variants, source, bank_id,
-                                     float(rate_percent) / 100, (profile_name or "").strip()[:60])
+                                     float(rate_percent) / 100, (profile_name or "").strip()[:60],
+                                     progress=self.page.reporter(progress))
         out = self.use_profile(profile, follow, analysis, **controls)
         out[self.profile_file] = self._saved(profile)
         return out
