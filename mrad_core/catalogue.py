@@ -146,7 +146,8 @@ class Catalogue:
     def bank_info(self, bank_id) -> str:
         image, patch = self.bank(bank_id)
         n_bad = int(image.labels.sum())
-        return (f"'{image.source}': {len(image)} images ({len(image) - n_bad} normal, {n_bad} defect), "
+        label = image.meta.get("source") or SOURCE_LABELS["custom"].split(" (")[0]  # the authors' files name none
+        return (f"'{label}' (id {bank_id}): {len(image)} images ({len(image) - n_bad} normal, {n_bad} defect), "
                 f"{len(patch)} patch regions")
 
     def custom_inputs(self, normal, defects) -> tuple:

@@ -216,9 +216,10 @@ def profile_from_results(results: dict, rate: float = DEFAULT_RATE, name: str = 
 
 
 def calibrate(detector, images, variants=None, rate: float = DEFAULT_RATE, name: str = "", paths=None,
-              names=None, progress=None) -> Profile:
+              names=None, progress=None, batch_size: int | None = None) -> Profile:
     """Score known-good `images` (sources) with each variant (default: all the detector runs) and make a Profile.
-    Images are encoded once each, batch by batch, so memory stays at one batch of encodings plus the maps."""
+    Images are encoded once each, batch by batch (`batch_size`, default the detector's), so memory stays at one
+    batch of encodings plus the maps. progress(images done) after each batch."""
     check_rate(rate)
     images = list(images)
     if not images:
@@ -228,7 +229,7 @@ def calibrate(detector, images, variants=None, rate: float = DEFAULT_RATE, name:
         detector.require(v)
     scores = {v: [] for v in variants}
     maps = {v: [] for v in variants}
-    step = max(1, detector.batch_size)
+    step = max(1, batch_size or detector.batch_size)
     for start in range(0, len(images), step):
         enc = detector.encode(images[start:start + step])
         for v in variants:

@@ -21,6 +21,8 @@ from .records import Analysis, VariantOutput
 
 MIN_CALIBRATION, MAX_CALIBRATION = 5, 50
 TAUGHT_NAME = "taught"  # the source name of banks taught from empty
+START_NAMES = {"env": "your files", "visa": "VisA", "mvtec": "MVTec AD", "examples": "the examples",
+               "custom": "my bank"}  # short names of the sources (sources.LABELS words them in full)
 
 
 def _banks(service, start, bank_id):
@@ -66,8 +68,22 @@ def add_example(service, start, bank_id, image, mask=None, name=None, current=No
     if bank_id is None and start and start.get("source") in ("visa", "mvtec"):
         for bank in banks:  # a bank taught from the paper's keeps its heads: FT and CLIP still run on it
             bank.meta["heads_from"] = start["source"]
-    new_id = service.catalogue.add_bank(banks, banks[0].source if image_bank is not None else TAUGHT_NAME)
+    label = bank_name(image_bank, None if bank_id else start)
+    for bank in banks:  # the name the teach report and the bank's files show
+        bank.meta["source"] = label
+    new_id = service.catalogue.add_bank(banks, label)
     return new_id, image_id, _rescore(service, current, variants, new_id, calibrate)
+
+
+def bank_name(image_bank, start=None) -> str:
+    """The name of a bank taught from `image_bank` (None: from empty): the name it records, else (the authors' files
+    record none) "taught from <the start's source>"."""
+    if image_bank is None:
+        return TAUGHT_NAME
+    if image_bank.meta.get("source"):
+        return image_bank.meta["source"]
+    key = (start or {}).get("source")
+    return f"taught from {START_NAMES.get(key, key)}" if key else TAUGHT_NAME
 
 
 def remove_examples(service, bank_id, ids, current=None, variants=("tf",), calibrate=False) -> tuple:
@@ -82,8 +98,10 @@ def remove_examples(service, bank_id, ids, current=None, variants=("tf",), calib
     return new_id, _rescore(service, current, variants, new_id, calibrate)
 
 
-def calibrate(service, images, variants, source, bank_id=None, rate=profiles.DEFAULT_RATE, name="") -> profiles.Profile:
-    """Score 5–50 known-good images with the variants that can run and make an inspection profile."""
+def calibrate(service, images, variants, source, bank_id=None, rate=profiles.DEFAULT_RATE, name="",
+              progress=None) -> profiles.Profile:
+    """Score 5–50 known-good images with the variants that can run and make an inspection profile.
+    progress(fraction, text): on a CPU (seconds per image) after each image, else after each batch."""
     images = list(images or [])
     if not MIN_CALIBRATION <= len(images) <= MAX_CALIBRATION:
         raise MRADError(f"give {MIN_CALIBRATION}–{MAX_CALIBRATION} known-good images of one product to calibrate "
@@ -93,8 +111,14 @@ def calibrate(service, images, variants, source, bank_id=None, rate=profiles.DEF
         load_image(p, service.settings.max_pixels)
     scorer = service.scorer(source, bank_id)
     run, _ = scorer.plan(variants)
-    return profiles.calibrate(scorer.detector, [str(p) for p in images], run, rate, name,
-                              names=[Path(str(p)).name for p in images])
+    n, det = len(images), scorer.detector
+    each = None
+    if progress is not None:
+        progress(0.0, f"calibrating: scoring known-good image 1 of {n}")
+        each = lambda done: progress(done / n, f"calibrating: scored known-good image {done} of {n}")  # noqa: E731
+    return profiles.calibrate(det, [str(p) for p in images], run, rate, name,
+                              names=[Path(str(p)).name for p in images], progress=each,
+                              batch_size=1 if progress is not None and det.device.type == "cpu" else None)
 
 
 def explain_image(service, image, variants, source, bank_id=None, k: int = 5) -> dict:

@@ -145,6 +145,27 @@ def render(base: np.ndarray, anomaly_map: np.ndarray, view: View = View(),
     return out, area_percent(mask)
 
 
+MARK_COLOUR, MARK_OUTLINE = (255, 0, 255), (0, 0, 0)  # magenta on black: seen on every colormap and image
+
+
+def mark_point(image: np.ndarray, x: int, y: int) -> np.ndarray:
+    """A copy of (H, W, 3) uint8 `image` with the point (x, y) marked: a ring and a cross (magenta outlined in
+    black), sized to the image. A point outside the image is clipped onto its border."""
+    h, w = image.shape[:2]
+    x, y = int(np.clip(x, 0, w - 1)), int(np.clip(y, 0, h - 1))
+    radius = max(6, round(max(h, w) / 40))
+    thin = max(2, round(max(h, w) / 250))
+    out = np.ascontiguousarray(image).copy()
+    for colour, width in ((MARK_OUTLINE, thin + 2), (MARK_COLOUR, thin)):
+        cv2.circle(out, (x, y), radius, colour, width, lineType=cv2.LINE_AA)
+        for dx, dy in ((1, 0), (0, 1)):  # the cross's arms, from the ring outwards to twice its radius
+            for sign in (-1, 1):
+                a = (x + sign * dx * radius, y + sign * dy * radius)
+                b = (x + sign * dx * 2 * radius, y + sign * dy * 2 * radius)
+                cv2.line(out, a, b, colour, width, lineType=cv2.LINE_AA)
+    return out
+
+
 def fit(image: np.ndarray, max_side: int = 518) -> np.ndarray:
     """(H, W, 3) uint8 -> resized (area interpolation) so that the longer side is at most `max_side`."""
     h, w = image.shape[:2]
@@ -153,6 +174,38 @@ def fit(image: np.ndarray, max_side: int = 518) -> np.ndarray:
         return np.ascontiguousarray(image)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+MAX_ASPECT = 3.0  # a display image longer than this (either way) is folded into strips by `fold`
+FOLD_GAP, FOLD_FILL = 6, 255  # white gaps between the strips
+
+
+def folds(shape: tuple, max_aspect: float = MAX_ASPECT) -> int:
+    """How many strips `fold` cuts an image of `shape` (H, W, …) into: 1 (as it is) up to `max_aspect`, else about
+    sqrt(aspect) (the folded picture then is about square)."""
+    h, w = shape[:2]
+    aspect = max(h, w) / max(1, min(h, w))
+    return 1 if aspect <= max_aspect else max(2, round(aspect ** 0.5))
+
+
+def fold(image: np.ndarray, parts: int | None = None) -> np.ndarray:
+    """A very wide (H, W, 3) uint8 picture cut into `parts` (default `folds`) equal strips left to right, stacked
+    top to bottom with white gaps (a very tall one: cut top to bottom, placed side by side), so that a column
+    shows it at a readable size. Display only: every pixel kept once, unscaled; 1 part = the image itself."""
+    parts = folds(image.shape) if parts is None else int(parts)
+    if parts <= 1:
+        return image
+    h, w = image.shape[:2]
+    tall = h > w
+    if tall:
+        image = image.transpose(1, 0, 2)
+        h, w = w, h
+    step = -(-w // parts)
+    strips = [image[:, i * step:(i + 1) * step] for i in range(parts)]
+    strips = [np.pad(s, ((0, 0), (0, step - s.shape[1]), (0, 0)), constant_values=FOLD_FILL) for s in strips]
+    gap = np.full((FOLD_GAP, step, image.shape[2]), FOLD_FILL, image.dtype)
+    out = np.vstack([x for s in strips for x in (s, gap)][:-1])
+    return np.ascontiguousarray(out.transpose(1, 0, 2) if tall else out)
 
 
 def resize_map(anomaly_map: np.ndarray, shape: tuple, dtype=np.float16) -> np.ndarray:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from served_app import launch, served_tiny
 from sse import complete_data
+from tiny_model import synthetic_image
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -92,6 +93,30 @@ def test_rerenders_do_not_call_the_model(served, tiny_files, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["MRAD-TF", "MRAD-FT", "MRAD-CLIP"]
     assert float(rows[0]["score"]) == pytest.approx(a.outputs["tf"].score, abs=1e-5)
+
+
+def test_a_panorama_is_shown_folded_at_a_readable_size_and_scored_whole(served, tiny_detector, tiny_files, tmp_path):
+    """A 4000 x 300 panorama: each column shows input and map cut into strips (about square, every pixel once),
+    the page says so; the scores are those of the whole image; an ordinary image is shown as it is."""
+    service, _, ui = served
+    d = ui.detect
+    synthetic_image(7, size=(300, 4000), defect=True)[0].save(tmp_path / "panorama.png")
+    a = service.analyze(str(tmp_path / "panorama.png"), ["tf", "ft", "clip"], "env")
+    assert a.image.shape[:2] == (39, 518)  # the display image (the scores come from the whole image)
+    out = d.render(a, 0.5, 0.5, 0.5, "turbo", True, False, "raw")
+    for v in ("tf", "ft", "clip"):
+        left, right = out[d.sliders[v]]
+        assert left.shape == right.shape
+        h, w = left.shape[:2]
+        assert 1 / 3 <= w / h <= 3, (w, h)  # was 518 x 39: 22 px tall in its column
+        assert left.size >= a.image.size and (left[:39] == a.image[:, :w]).all()  # the first strip: the start
+    assert "cut left to right into 4 strips" in out[d.legend] and "scored whole" in out[d.legend]
+    whole = tiny_detector.predict([str(tmp_path / "panorama.png")])  # the model's scores of the whole image
+    for v, r in whole.items():
+        assert a.outputs[v].score == pytest.approx(float(r.score[0]), abs=1e-4)
+    b = service.analyze(tiny_files["images"][0], ["tf"], "env")
+    plain = d.render(b, 0.5, 0.5, 0.5, "turbo", True, False, "raw")
+    assert plain[d.sliders["tf"]][0] is b.image and "fold-note" not in plain[d.legend]
 
 
 def _odd_images(d: Path) -> dict:

@@ -173,3 +173,38 @@ def test_evaluate_figures_are_shown_whole(served, page, tmp_path):
         assert shown, gallery
         for im in shown:  # the whole figure: scaled to fit (never cropped to fill the thumbnail)
             assert im["fit"] in ("contain", "scale-down") or abs(im["box"] / im["natural"] - 1) < 0.02, (gallery, im)
+
+
+def boxes(page, *selectors) -> dict:
+    """Selector -> its box on the page (top, bottom, left, right in CSS px, from the page's top-left)."""
+    return page.evaluate("""sels => Object.fromEntries(sels.map(s => { const r = document.querySelector(s)
+        .getBoundingClientRect(); return [s, {top: r.top + scrollY, bottom: r.bottom + scrollY, left: r.left,
+        right: r.right}]; }))""", list(selectors))
+
+
+def settled(page):
+    """Until the parts the narrow layout orders run no CSS transition: Gradio's button animates its properties (its
+    CSS order too) after the screen's width crosses the breakpoint (getAnimations brings the styles up to date)."""
+    page.wait_for_function("() => ['#input-image', '#run', '#detect-results', '#detect-controls'].every("
+                           "s => document.querySelector(s).getAnimations().length === 0)")
+
+
+def test_on_a_narrow_screen_the_results_follow_the_detect_button(served, page):
+    """At 400 px: the image, the button, then the results (summary, the three columns), and only then the live
+    controls and the examples. At 1280 px the results stay beside the inputs column, the controls under the button."""
+    page.set_viewport_size({"width": 400, "height": 850})
+    settled(page)
+    detect(page, ASSETS / "examples" / "fabric_hole.png")
+    parts = ("#input-image", "#run", "#summary", "#result-tf", "#result-clip", "#image-threshold",
+             "#detect-controls")
+    b = boxes(page, *parts)
+    assert b["#input-image"]["bottom"] <= b["#run"]["top"] < b["#run"]["bottom"] <= b["#summary"]["top"], b
+    assert b["#summary"]["bottom"] <= b["#result-tf"]["top"] < b["#result-clip"]["bottom"], b
+    assert b["#result-clip"]["bottom"] <= b["#detect-controls"]["top"] <= b["#image-threshold"]["top"], b
+    assert b["#summary"]["top"] - b["#run"]["bottom"] < 60  # right after the button, no scroll in between
+    page.set_viewport_size({"width": 1280, "height": 800})
+    settled(page)
+    b = boxes(page, *parts, "#detect-results")
+    assert abs(b["#detect-results"]["top"] - b["#input-image"]["top"]) < 2  # side by side, as before
+    assert b["#run"]["bottom"] <= b["#image-threshold"]["top"] and b["#image-threshold"]["right"] < \
+        b["#detect-results"]["left"]

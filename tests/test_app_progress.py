@@ -13,11 +13,11 @@ VARIANTS = ["tf", "ft", "clip"]
 
 @pytest.fixture(scope="module")
 def ui(tiny_files):
-    import app
     from mrad_core.service import Service
+    from mrad_core.ui import create_app
     service = Service(files={k: tiny_files[k] for k in FILES}, model=tiny_files["model"], device="cpu",
                       precision="fp32", batch_size=8)
-    return service, app.build_demo(service).mrad
+    return service, create_app(service.settings, service).mrad
 
 
 class Recorder:
@@ -90,3 +90,22 @@ def test_the_bank_tab_reports_each_image(ui, tmp_path):
     counts = progress.counts(r"encoded bank image (\d+) of (?:\d+)")
     assert counts == list(range(1, len(counts) + 1)) and len(counts) >= 10  # the synthetic defects count too
     assert service.calls["encode"] - before == len(counts)
+
+
+def test_calibrate_in_the_make_it_yours_panel_reports_each_image(ui, tmp_path, monkeypatch):
+    """Calibrate with 7 known-good images (blocks of 8): a report after each image, each image encoded once."""
+    service, page = ui
+    paths = images(tmp_path, 7, seed=70)
+    det = service.scorer("env", None).detector
+    encoded, encode = [], det.encode
+    monkeypatch.setattr(det, "encode", lambda batch, *a, **k: encoded.append(len(batch)) or encode(batch, *a, **k))
+    progress = Recorder()
+    controls = dict(image_threshold=0.5, pixel_threshold=0.5, opacity=0.5, colormap="turbo", contours=True,
+                    binary=False, normalisation="raw")
+    out = page.teach.calibrate(paths, 10, "line 7", "tf", VARIANTS, "env", None, None, progress=progress,
+                               **controls)
+    assert out[page.teach.profile].images == [p.rsplit("/", 1)[-1] for p in paths]
+    assert progress.counts(r"known-good image (\d+) of 7") == [1] + list(range(1, 8))  # 'scoring 1', then each
+    assert sum(encoded) == 7  # each image encoded once
+    fractions = [f for f, _ in progress.seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1

@@ -222,8 +222,15 @@ def test_why_this_score_lists_the_top_entries_by_weight_and_explains_a_clicked_p
     assert f"<td>{expected[0]['weight']:.4f}</td>" in table
     assert picture.shape == shown.image.shape
     h, w = shown.image.shape[:2]
-    text = t.point(query, shown, None, "ft", 2, gr.SelectData(None, {"index": [w // 2, h // 2], "value": None})
-                   )[t.point_report]
+    clicked = t.point(query, shown, None, "ft", 2, gr.SelectData(None, {"index": [w // 2, h // 2], "value": None}),
+                      **CONTROLS)
+    text = clicked[t.point_report]
+    # the clicked point is marked on the map shown (the same map, drawn again with a marker around the point)
+    plain = t.map_of(shown, "ft", **CONTROLS)[t.map_image]
+    marked = clicked[t.map_image]
+    assert marked.shape == plain.shape
+    ys, xs = np.nonzero((marked != plain).any(axis=2))
+    assert len(xs) and abs(xs.mean() - w // 2) <= 2 and abs(ys.mean() - h // 2) <= 2
     grid = teaching.explain_image(service, query, ["tf"], "env")["grid"]
     assert f"row {grid // 2}, column {grid // 2}" in text and "anomalous" in text
     taught = t.this_is_normal(**edit(image=query, analysis=shown))
@@ -286,7 +293,7 @@ def test_teaching_across_zero_gpu_workers(tiny_files, tmp_path):
     assert undone[page.analysis].outputs["tf"].score == pytest.approx(before.outputs["tf"].score, abs=1e-6)
     table = t.why(query, before, None, 2, "tf", **CONTROLS)[t.why_html]  # explanations and calibration in workers too
     assert table.count("<tr>") == 3 * 3 and service.calls["encode"] == 0
-    point = t.point(query, before, None, "ft", 2, gr.SelectData(None, {"index": [1, 1], "value": None}))
+    point = t.point(query, before, None, "ft", 2, gr.SelectData(None, {"index": [1, 1], "value": None}), **CONTROLS)
     assert "patch (row" in point[t.point_report]
     paths = []
     for i in range(5):

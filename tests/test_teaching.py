@@ -131,3 +131,23 @@ def test_a_bank_taught_from_a_paper_source_keeps_its_heads(tiny_files, monkeypat
     assert service.catalogue.bank(new_id)[0].meta["heads_from"] == "visa"
     det = service.detector("custom", new_id)
     assert asked == ["visa"] and det.variants == ("tf", "ft", "clip")
+
+
+def test_a_bank_taught_from_unnamed_files_is_named_in_its_report(tiny_files, tmp_path):
+    """The authors' bank files record no name: the teach report (catalogue.bank_info) names the taught bank after
+    the bank it started from, with its id, never 'unknown'; the name stays through further edits."""
+    from mrad_core.bank import MemoryBank
+
+    files = {"backbone": tiny_files["backbone"], "heads": tiny_files["heads"]}
+    for kind in ("image", "patch"):  # as the authors ship them: {"keys", "values"} only
+        bank = MemoryBank.load(tiny_files[f"{kind}_bank"], kind)
+        files[f"{kind}_bank"] = str(tmp_path / f"official_{kind}.pt")
+        torch.save({"keys": bank.keys, "values": bank.values}, files[f"{kind}_bank"])
+    service = Service(files=files, model=tiny_files["model"], device="cpu", precision="fp32")
+    assert "source" not in service.detector("env").image_bank.meta
+    first, _, _ = teaching.add_example(service, START, None, tiny_files["images"][0])
+    second, _, _ = teaching.add_example(service, START, first, tiny_files["images"][1])
+    for bank_id in (first, second):
+        info = service.catalogue.bank_info(bank_id)
+        assert "unknown" not in info and info.startswith(f"'taught from your files' (id {bank_id}): "), info
+    assert service.catalogue.bank_files(second)[0].name == "taught_from_your_files_image_bank.safetensors"

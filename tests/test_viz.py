@@ -131,3 +131,38 @@ def test_fit_resize_map_and_strip():
     assert (grid[-64:, -64:] == 255).all()  # the fourth cell is empty
     assert (grid[20:40, 4:60] == 0).any() and (grid[0:10, 60:64] == 255).all()
     assert viz.tile_grid(tiles[:2], ["input", "a"], size=64).shape == (64, 132, 3)
+
+
+def test_mark_point_draws_a_ring_and_cross_around_the_point_only(base):
+    marked = viz.mark_point(base, 60, 40)
+    assert marked.shape == base.shape and marked.dtype == np.uint8 and marked is not base
+    changed = (marked != base).any(axis=2)
+    ys, xs = np.nonzero(changed)
+    radius = max(6, round(120 / 40))
+    assert abs(xs.mean() - 60) < 2 and abs(ys.mean() - 40) < 2  # centred on the point
+    assert xs.max() - xs.min() <= 4 * radius + 8 and ys.max() - ys.min() <= 4 * radius + 8
+    assert (marked[40, 60] == base[40, 60]).all()  # the point itself stays visible
+    assert (marked[40, 60 + radius] == viz.MARK_COLOUR).all()  # the ring, in the marker's colour
+    assert (marked[40 - 2 * radius + 1, 60] == viz.MARK_COLOUR).all()  # the cross's upper arm
+    edge = (viz.mark_point(base, 500, -3) != base).any(axis=2)  # a point outside: clipped onto the border
+    assert edge[0, :].any() and edge[:, -1].any()
+
+
+def test_fold_cuts_a_panorama_into_stacked_strips_keeping_every_pixel():
+    rng = np.random.default_rng(1)
+    wide = (rng.random((39, 518, 3)) * 255).astype(np.uint8)  # a 4000 x 300 panorama at display size
+    assert viz.folds(wide.shape) == 4 and viz.folds((300, 400)) == 1 and viz.folds((100, 300)) == 1
+    folded = viz.fold(wide)
+    step = -(-518 // 4)
+    assert folded.shape == (4 * 39 + 3 * viz.FOLD_GAP, step, 3)
+    aspect = folded.shape[1] / folded.shape[0]
+    assert 1 / viz.MAX_ASPECT <= aspect <= viz.MAX_ASPECT
+    for i in range(4):  # strip i holds columns i*step … of the image, unscaled; the rest of the last is white
+        strip = folded[i * (39 + viz.FOLD_GAP):i * (39 + viz.FOLD_GAP) + 39]
+        part = wide[:, i * step:(i + 1) * step]
+        np.testing.assert_array_equal(strip[:, :part.shape[1]], part)
+        assert (strip[:, part.shape[1]:] == viz.FOLD_FILL).all()
+    tall = wide.transpose(1, 0, 2)  # a tall one: strips side by side
+    np.testing.assert_array_equal(viz.fold(tall), folded.transpose(1, 0, 2))
+    square = wide[:, :60]
+    assert viz.fold(square) is square

@@ -18,6 +18,19 @@ from . import text
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "assets" / "examples").glob("*.png"))
 REFUSED = "⚠️ **Image refused:**"
+# On a narrow screen (a phone) the Detect tab stacks: the image, the button, the results, then the controls and the
+# examples (the inputs column is dissolved into the stacked row so that its parts can be ordered around the
+# results). Wide screens keep the two columns side by side.
+NARROW = 767  # px: the widest screen treated as narrow
+NARROW_CSS = f"""@media (max-width: {NARROW}px) {{
+  #detect-row {{ flex-direction: column; flex-wrap: nowrap; }}
+  #detect-inputs {{ display: contents; }}
+  #detect-row > *, #detect-inputs > * {{ flex: none; width: 100%; min-width: 0; }}
+  #input-image {{ order: 1; }}
+  #run {{ order: 2; }}
+  #detect-results {{ order: 3; }}
+  #detect-controls {{ order: 4; }}
+}}"""
 CONTROLS = ("image_threshold", "pixel_threshold", "opacity", "colormap", "contours", "binary", "normalisation")
 
 
@@ -56,42 +69,48 @@ class DetectTab:
 
     def build(self):
         d = self
-        with gr.Row():
-            with gr.Column(scale=1, min_width=280):
+        with gr.Row(elem_id="detect-row"):  # a narrow screen shows the results right after the button (NARROW_CSS)
+            with gr.Column(scale=1, min_width=280, elem_id="detect-inputs"):
                 d.image = image_input(label="Image (drop, paste or click an example)", sources=["upload", "clipboard"],
                                       elem_id="input-image", height=220)
                 d.run = gr.Button("Detect anomalies", variant="primary", elem_id="run")
-                c = d.controls  # next to the results they re-draw (no model call)
-                c["image_threshold"] = gr.Slider(0, 1, 0.5, step=0.01, label="Image threshold (score → verdict)",
-                                                 elem_id="image-threshold")
-                c["pixel_threshold"] = gr.Slider(0, 1, 0.5, step=0.01, label="Pixel threshold (area, contours)",
-                                                 elem_id="pixel-threshold")
-                c["normalisation"] = gr.Radio([("raw", "raw"), ("min–max", "minmax"), ("calibrated", "calibrated")],
-                                              value="raw", label="Map normalisation", elem_id="normalisation")
-                with gr.Accordion("Overlay style", open=False):
-                    c["opacity"] = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
-                    c["colormap"] = gr.Dropdown(list(viz.COLORMAPS), value="turbo", label="Colormap",
-                                                 elem_id="colormap")
-                    with gr.Row():
-                        c["contours"] = gr.Checkbox(True, label="Contours", elem_id="contours")
-                        c["binary"] = gr.Checkbox(False, label="Binary mask", elem_id="binary")
-                gr.Examples([[p] for p in EXAMPLES], [d.image], label="Synthetic examples (procedural)",
-                            examples_per_page=8)
-            with gr.Column(scale=3):
-                d.summary = gr.Markdown("Results appear here.", elem_id="summary")
-                with gr.Row():
-                    for v in VARIANTS:
-                        with gr.Column(min_width=220, elem_id=f"result-{v}") as d.columns[v]:
-                            d.sliders[v] = gr.ImageSlider(label=f"{records.name(v)}: input | map",
-                                                          elem_id=f"overlay-{v}", slider_position=5, max_height=300)
-                            d.cards[v] = gr.HTML(f"<div id='card-{v}'></div>")
-                d.legend = gr.HTML()
-                with gr.Row():
-                    d.export = gr.Button("Export CSV", size="sm", elem_id="export")
-                    d.csv = gr.File(label="CSV (one row per variant)", elem_id="csv", interactive=False, visible=False)
-                with gr.Accordion("JSON (as /predict returns it)", open=False):
-                    d.json = gr.JSON()
+                with gr.Column(elem_id="detect-controls"):
+                    self._build_controls()
+            with gr.Column(scale=3, elem_id="detect-results"):
+                self._build_results()
 
+    def _build_controls(self):
+        c = self.controls  # next to the results they re-draw (no model call)
+        c["image_threshold"] = gr.Slider(0, 1, 0.5, step=0.01, label="Image threshold (score → verdict)",
+                                         elem_id="image-threshold")
+        c["pixel_threshold"] = gr.Slider(0, 1, 0.5, step=0.01, label="Pixel threshold (area, contours)",
+                                         elem_id="pixel-threshold")
+        c["normalisation"] = gr.Radio([("raw", "raw"), ("min–max", "minmax"), ("calibrated", "calibrated")],
+                                      value="raw", label="Map normalisation", elem_id="normalisation")
+        with gr.Accordion("Overlay style", open=False):
+            c["opacity"] = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
+            c["colormap"] = gr.Dropdown(list(viz.COLORMAPS), value="turbo", label="Colormap", elem_id="colormap")
+            with gr.Row():
+                c["contours"] = gr.Checkbox(True, label="Contours", elem_id="contours")
+                c["binary"] = gr.Checkbox(False, label="Binary mask", elem_id="binary")
+        gr.Examples([[p] for p in EXAMPLES], [self.image], label="Synthetic examples (procedural)",
+                    examples_per_page=8)
+
+    def _build_results(self):
+        d = self
+        d.summary = gr.Markdown("Results appear here.", elem_id="summary")
+        with gr.Row():
+            for v in VARIANTS:
+                with gr.Column(min_width=220, elem_id=f"result-{v}") as d.columns[v]:
+                    d.sliders[v] = gr.ImageSlider(label=f"{records.name(v)}: input | map", elem_id=f"overlay-{v}",
+                                                  slider_position=5, max_height=300)
+                    d.cards[v] = gr.HTML(f"<div id='card-{v}'></div>")
+        d.legend = gr.HTML()
+        with gr.Row():
+            d.export = gr.Button("Export CSV", size="sm", elem_id="export")
+            d.csv = gr.File(label="CSV (one row per variant)", elem_id="csv", interactive=False, visible=False)
+        with gr.Accordion("JSON (as /predict returns it)", open=False):
+            d.json = gr.JSON()
 
     @property
     def control_inputs(self) -> list:
@@ -186,8 +205,10 @@ class DetectTab:
             return {d.summary: "Results appear here.", **{c: gr.Column(elem_classes=[]) for c in d.columns.values()}}
         view = view_of(pixel_threshold, opacity, colormap, contours, binary, normalisation)
         judge = text.Thresholds(float(image_threshold), profile)
-        out = {d.summary: text.summary_md(a, judge, view), d.legend: text.legend_html(colormap, pixel_threshold,
-                                                                                    normalisation),
+        parts = viz.folds(a.image.shape)  # a panorama (or a very tall image) is shown folded into strips
+        out = {d.summary: text.summary_md(a, judge, view),
+               d.legend: text.legend_html(colormap, pixel_threshold, normalisation) + text.fold_note(a.image.shape,
+                                                                                                  parts),
                d.json: a.summary(float(image_threshold), view)}
         for v in VARIANTS:
             o = a.outputs.get(v)
@@ -198,7 +219,8 @@ class DetectTab:
                                                            f"{why}</i></div>"})
                 continue
             overlay, area = viz.render(a.image, o.map, view, o.calibration)
-            out.update({d.sliders[v]: (a.image, overlay), d.cards[v]: text.card_html(o, area, judge, view)})
+            out.update({d.sliders[v]: (viz.fold(a.image, parts), viz.fold(overlay, parts)),
+                        d.cards[v]: text.card_html(o, area, judge, view)})
         return out
 
     def calibrate(self, a, bank_id, levels, *controls, progress=gr.Progress()):

@@ -160,8 +160,8 @@ class TeachPanel:
                                                                **d.controls),
                                outputs=self.map_image, api_visibility="private", queue=False)
         self.map_image.select(self.point, inputs_kwargs=dict(image=d.image, analysis=p.analysis, bank_id=p.bank_id,
-                                                             variant=self.map_variant, k=self.top_k),
-                              outputs=self.point_report, **model)
+                                                             variant=self.map_variant, k=self.top_k, **d.controls),
+                              outputs=[self.point_report, self.map_image], **model)
 
     def _unchanged(self) -> dict:
         """No update (an empty dict would be taken for one output's value)."""
@@ -271,12 +271,16 @@ class TeachPanel:
 
     # ------------------------------------------------------------------ profiles
     @user_errors
-    def calibrate(self, files, rate_percent, profile_name, follow, variants, source, bank_id, analysis, **controls):
+    def calibrate(self, files, rate_percent, profile_name, follow, variants, source, bank_id, analysis,
+                  progress=gr.Progress(), **controls):
+        """Calibrate pressed: the profile from the known-good images (progress after each image on a CPU)."""
         if rate_percent is None or not 0 < float(rate_percent) < 100:
             raise MRADError("the false-alarm rate must be between 0 and 100 %")
         source = self.page.source_of(source)
+        progress(0, desc="loading the model")
         profile = self.gpu_calibrate([str(f) for f in files or []], variants, source, bank_id,
-                                     float(rate_percent) / 100, (profile_name or "").strip()[:60])
+                                     float(rate_percent) / 100, (profile_name or "").strip()[:60],
+                                     progress=self.page.reporter(progress))
         out = self.use_profile(profile, follow, analysis, **controls)
         out[self.profile_file] = self._saved(profile)
         return out
@@ -371,7 +375,8 @@ class TeachPanel:
                           o.calibration)[0]
 
     @user_errors
-    def point(self, image, analysis, bank_id, variant, k, evt: gr.SelectData):
+    def point(self, image, analysis, bank_id, variant, k, evt: gr.SelectData, **controls):
+        """A point of the map clicked: its patch's retrieval, and the map again with the point marked."""
         if image is None or analysis is None:
             raise MRADError(words.NO_IMAGE)
         if variant not in analysis.outputs:
@@ -379,7 +384,8 @@ class TeachPanel:
         x, y = evt.index[:2]
         h, w = analysis.image.shape[:2]
         data = self.gpu_point(image, variant, analysis.source, bank_id, x, y, w, h, int(k))
-        return {self.point_report: words.point_md(data, variant)}
+        return {self.point_report: words.point_md(data, variant),
+                self.map_image: viz.mark_point(self._map(analysis, variant, controls), x, y)}
 
 
 def unique(components) -> list:

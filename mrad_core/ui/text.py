@@ -32,6 +32,17 @@ def legend_html(colormap, threshold, normalisation) -> str:
             f"threshold)</span></div>")
 
 
+def fold_note(shape, parts: int) -> str:
+    """Says how a folded picture (viz.fold) reads; empty when it is shown as it is."""
+    if parts <= 1:
+        return ""
+    tall = shape[0] > shape[1]
+    how = "very tall image is shown cut top to bottom into {} strips, placed side by side" if tall else \
+        "very wide image is shown cut left to right into {} strips, stacked top to bottom"
+    return (f"<div id='fold-note' style='font-size:0.85em'>This {how.format(parts)}, so that the columns show it "
+            "at a readable size; it was scored whole.</div>")
+
+
 class Thresholds:
     """Which image threshold judges each variant: an inspection profile's own threshold for the variants it has,
     else the image-threshold slider."""
