@@ -255,10 +255,8 @@ class EngineSet:
     def get(self, cand: Candidate):
         import torch
 
-        from . import memory
         if self.current != cand:
             self.engine = None
-            memory.trim_heap()
             if cand.engine == "torch":
                 self.engine = engines.TorchEngine(self.backbone, torch.device("cpu"))
                 self.engine.check(cand.precision)
@@ -273,9 +271,7 @@ class EngineSet:
         return self.engine
 
     def close(self):
-        from . import memory
         self.current = self.engine = None
-        memory.trim_heap()
 
 
 def tune(detector, images, cache_dir, backbone_id: str | None = None, flags=None, versions=None,

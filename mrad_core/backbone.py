@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import memory
 from .config import DEFAULT, MRADConfig
 from .errors import MRADError, first_line
 
@@ -209,7 +208,6 @@ class Backbone(nn.Module):
         """Free the PyTorch vision weights (an engine holds its own copy); the text tower stays."""
         self.clip.visual = None
         self.pos_embed = torch.empty(0)
-        memory.trim_heap()
 
     @staticmethod
     def _mlp(blk, x, mlp_dtype=None):

@@ -4,9 +4,9 @@ OpenVINO maps the IR's weight file and, while compiling for the CPU, copies the 
 compiled model never reads the mapped copy again, yet its pages stay resident (1.2 GB for ViT-L/14).
 `page_out(path)` asks the kernel to drop them (MADV_PAGEOUT on the read-only mappings of that file: clean file
 pages, re-read from disk should anything touch them again, so contents never change); `paging_out(path)` keeps
-doing so while the compiler reads them, so the weights are not resident twice at the peak. `trim_heap()` returns freed
-heap memory (glibc `malloc_trim`) after PyTorch weights are released. `rss_mb()` reads the current and peak RSS,
-`resident_kb(path)` how much of a mapped file is resident.
+doing so while the compiler reads them, so the weights are not resident twice at the peak. `rss_mb()` reads the current
+and peak RSS, `resident_kb(path)` how much of a mapped file is resident. (No `malloc_trim`: called while other threads
+ran, it was followed by segmentation faults in the test suite.)
 """
 from __future__ import annotations
 
@@ -97,14 +97,6 @@ def paging_out(path: str | Path, interval: float = 0.05):
         stop.set()
         watcher.join()
         page_out(path)
-
-
-def trim_heap() -> bool:
-    libc = _libc()
-    try:
-        return bool(libc and libc.malloc_trim(0))
-    except AttributeError:  # not glibc
-        return False
 
 
 def rss_mb() -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import engines, files, memory
+from . import engines, files
 from .backbone import Encoding, encoding_from_tokens
 from .engines import EngineError
 
@@ -146,7 +146,6 @@ def int8_ir(backbone, recipe_name: str, calibration: list, cache_dir, weights_di
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    memory.trim_heap()
     return xml, {"key": key, "quantized": True, "quantize_s": time.perf_counter() - t}
 
 
