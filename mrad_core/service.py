@@ -123,8 +123,9 @@ class Service:
             return f" · OpenVINO conversion failed ({state['error']}): PyTorch fp32 serves"
         return ""
 
-    def set_status(self, text: str):
-        self._status, self._since = text, time.monotonic()
+    def set_status(self, text: str, busy: bool = True):
+        """What the server is doing now; busy: work under way (the status line counts its seconds)."""
+        self._status, self._since = text, (time.monotonic() if busy else None)
 
     def _background_conversion(self) -> bool:
         """OpenVINO's one-time conversion runs in the background (PyTorch answers meanwhile): on a CPU, not on
@@ -178,11 +179,11 @@ class Service:
                                              allow_download=self.settings.download)
                     self.set_status(f"loading the CLIP backbone {Path(path).name if path else self.settings.model} …")
                     self._backbone = Backbone.load(path, self.config)
-                except MRADError as e:  # its message already says what is missing and how to provide it
-                    self.set_status(str(e))
+                except MRADError:  # its message (the notice and the Detect summary show it) says what to do
+                    self.set_status("the CLIP backbone could not be loaded: see the notice above", busy=False)
                     raise
                 except Exception as e:
-                    self.set_status("the CLIP backbone could not be loaded")
+                    self.set_status("the CLIP backbone could not be loaded", busy=False)
                     raise MRADError(error_text(e, "loading the CLIP backbone") + "; set MRAD_BACKBONE to a local "
                                     "ViT-L/14@336 state dict or allow access to the Hugging Face Hub") from e
             return self._backbone
@@ -205,7 +206,7 @@ class Service:
                     for old in custom[:-KEPT_CUSTOM_DETECTORS]:  # every taught edit is a bank: keep the recent ones
                         del self._detectors[old]
                 except MRADError as e:
-                    self.set_status(f"{SOURCE_LABELS[source]} is not available")
+                    self.set_status(f"{SOURCE_LABELS[source]} is not available", busy=False)
                     raise MRADError(f"{SOURCE_LABELS[source]}: {e}") from e
             self._ready()
             return self._detectors[key]

@@ -357,3 +357,15 @@ def test_custom_bank_detectors_are_evicted_oldest_first(tiny_files, monkeypatch)
     assert list(s._detectors) == [("env", None), ("custom", ids[1]), ("custom", ids[2])]
     again = s.detector("custom", ids[0])  # evicted: loaded again (its files are still there)
     assert again.variants and list(s._detectors)[-1] == ("custom", ids[0]) and len(s._detectors) == 3
+
+
+def test_a_failed_load_is_said_once_not_counted_as_work_under_way(tiny_files, tmp_path):
+    """The status line after a failed backbone load: short, pointing at the notice, without 'so far' seconds (the
+    error itself is the notice's and the Detect summary's)."""
+    files = {**tiny_files, "backbone": str(tmp_path / "missing.safetensors")}
+    s = make_service(files)
+    with pytest.raises(MRADError, match="missing.safetensors"):
+        s.detector("env")
+    status = s.status()
+    assert status.startswith("the CLIP backbone could not be loaded") and "so far" not in status
+    assert "missing.safetensors" not in status
