@@ -5,8 +5,8 @@ tower and the neighbour averaging stay in PyTorch (they are cheap). The OpenVINO
 per backbone file (`openvino.convert_model` on the traced module), saves the IR under <cache_dir>/openvino/
 (Settings.cache_dir: $MRAD_CACHE_DIR, default ~/.cache/mrad) keyed by the backbone file's sha256, the model config and the
 OpenVINO version, and compiles it from there; later starts only read and compile (seconds). Once compiled, the
-PyTorch vision weights are released (`Backbone.release_vision`): the text tower is all PyTorch keeps; and the
-pages of the mapped IR are dropped while it compiles (memory.paging_out): the compiled model keeps its own copy.
+PyTorch vision weights are released (`Backbone.release_vision`): the text tower is all PyTorch keeps; and the IR
+read for compiling is let go once compiled (the compiled model keeps its own copy; another precision reads it again).
 
     engine = make_engine("openvino", backbone, device, "fp32", cache_dir=settings.cache_dir)  # converts or loads
     enc = engine.encode(pixels, "fp32")                  # Encoding, as Backbone.encode_image gives
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import files, memory
+from . import files
 from .backbone import Backbone, Encoding, TorchEncoder, encoding_from_tokens
 from .errors import MRADError
 
@@ -182,9 +182,6 @@ class OpenVINOEngine:
         self.core = ov.Core()
         self._compiled, self._requests, self._lock = {}, {}, threading.Lock()
         t = time.perf_counter()
-        self._model = self.core.read_model(self.xml)
-        size = self.config.image_size  # one image per inference: a static shape, and no batch-sized working
-        self._model.reshape([1, 3, size, size])  # memory (on a CPU larger batches are no faster: bench/bench.py)
         if release:  # the engine reads its weights from the IR: PyTorch's copy is no longer needed
             backbone.release_vision()
         self.compiled(precision)  # only the precision in use: each compiled model holds its own weights
@@ -199,11 +196,14 @@ class OpenVINOEngine:
     def compiled(self, precision: str):
         self.check(precision)
         if precision not in self._compiled:
-            # the compiled model copies the weights into its own layout and never reads the mapped IR again: its
-            # pages are dropped as the compiler goes, so the weights are not resident twice (peak RSS)
-            with memory.paging_out(self.xml.with_suffix(".bin")):
-                self._compiled[precision] = self.core.compile_model(self._model, "CPU", {
-                    "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"})
+            # the compiled model copies the weights into its own layout: the IR read here is let go afterwards, so
+            # the weights are not held twice in steady state (no madvise: see memory.py)
+            model = self.core.read_model(self.xml)
+            size = self.config.image_size  # one image per inference: a static shape, and no batch-sized working
+            model.reshape([1, 3, size, size])  # memory (on a CPU larger batches are no faster: bench/bench.py)
+            self._compiled[precision] = self.core.compile_model(model, "CPU", {
+                "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"})
+            del model
         return self._compiled[precision]
 
     def encode(self, pixels: torch.Tensor, precision: str = "fp32") -> Encoding:

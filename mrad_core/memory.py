@@ -1,34 +1,14 @@
-"""Giving memory back to the system after the weights moved elsewhere (Linux with glibc; a no-op elsewhere).
+"""How much memory this process holds: `rss_mb()` (current and peak RSS), `resident_kb(path)` (how much of a mapped file
+is resident), `mapped_ranges(path)` (this process's mappings of a file), from /proc (empty elsewhere).
 
-OpenVINO maps the IR's weight file and, while compiling for the CPU, copies the weights into its own layout; the
-compiled model never reads the mapped copy again, yet its pages stay resident (1.2 GB for ViT-L/14).
-`page_out(path)` asks the kernel to drop them (MADV_PAGEOUT on the read-only mappings of that file: clean file
-pages, re-read from disk should anything touch them again, so contents never change); `paging_out(path)` keeps
-doing so while the compiler reads them, so the weights are not resident twice at the peak. `rss_mb()` reads the current
-and peak RSS, `resident_kb(path)` how much of a mapped file is resident. (No `malloc_trim`: called while other threads
-ran, it was followed by segmentation faults in the test suite.)
+Nothing here gives memory back with madvise or malloc_trim any more: on this project's CI machines (a Firecracker
+kernel, 6.18) full runs of the test suite that called MADV_PAGEOUT on the OpenVINO IR's mapping or glibc's malloc_trim
+died of a segmentation fault in a later, unrelated test (never in the call itself). The OpenVINO engine lets go
+of the IR it read once compiled instead (engines.OpenVINOEngine.compiled).
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
-import sys
-import threading
 from pathlib import Path
-
-MADV_PAGEOUT = 21  # Linux >= 5.4
-
-
-def _libc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        return libc
-    except (OSError, AttributeError):
-        return None
 
 
 def _mappings(path: str | Path, proc_file: str):
@@ -63,40 +43,6 @@ def mapped_ranges(path: str | Path, maps: str = "/proc/self/maps") -> list[tuple
 def resident_kb(path: str | Path, smaps: str = "/proc/self/smaps") -> int:
     """kB of `path`'s mappings resident in this process (0 where there is no /proc)."""
     return sum(int(f[1]) for *_, fields in _mappings(path, smaps) for f in fields if f and f[0] == "Rss:")
-
-
-def page_out(path: str | Path) -> int:
-    """Drop the resident pages of this process's read-only mappings of `path`; returns the bytes advised (0 where
-    the system cannot: another OS, an old kernel, no such mapping). Writable mappings are left alone."""
-    libc = _libc()
-    if libc is None:
-        return 0
-    done = 0
-    for start, end, perms in mapped_ranges(path):
-        if "w" not in perms and libc.madvise(start, end - start, MADV_PAGEOUT) == 0:
-            done += end - start
-    return done
-
-
-@contextlib.contextmanager
-def paging_out(path: str | Path, interval: float = 0.05):
-    """Page out `path`'s mappings every `interval` seconds while the block runs, and once after it. A reader that
-    still needs a page faults it back in from the file (the peak drops by up to the file's size; OpenVINO's compile
-    of the ViT-L/14 encoder takes about a second longer)."""
-    stop = threading.Event()
-
-    def watch():
-        while not stop.wait(interval):
-            page_out(path)
-
-    watcher = threading.Thread(target=watch, name="mrad-page-out", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        watcher.join()
-        page_out(path)
 
 
 def rss_mb() -> dict:

@@ -8,7 +8,7 @@ from served_app import CHROMIUM, CHROMIUM_ARGS, served_tiny
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 pytestmark = pytest.mark.browser
-TABS = ("Detect", "Batch", "Bank", "Evaluate")
+TABS = ("Detect", "Batch", "Bank", "Evaluate", "Monitor")
 CONTROLS = ("button:visible:not([role=tab]), input[type=range]:visible, input[type=checkbox]:visible, "
             "input[type=radio]:visible, input[type=number]:visible")
 

@@ -186,20 +186,23 @@ def test_good_bad_zip_without_masks_matches_mrad_eval(dataset, tiny_detector, tm
     assert [r[:2] for r in rows] == [["bottle", "image AUROC"], ["bottle", "image AP"]]  # no pixel rows, no mean
 
 
-def test_chunk_scorer_runs_the_model_once_per_batch(dataset, tiny_detector, tmp_path):
-    """The app's GPU calls score whole batches: same metrics, one model call per batch for all variants."""
-    from mrad_core.eval_report import ChunkScorer
-
+def test_a_batch_scorer_runs_the_model_once_per_batch(dataset, tiny_detector, tmp_path):
+    """evaluate_samples takes anything with the batch protocol (the app's scorer.Scorer, whose batches go through
+    GPU calls): same metrics, one model call per batch for all variants."""
     _, _, _, zpath = dataset
     calls = []
 
-    def score(pixels, variants):
-        calls.append((len(pixels), tuple(variants)))
-        enc = tiny_detector.encode(pixels)
-        return {v: tiny_detector.score(enc, v) for v in variants}
+    class Counted:  # the protocol: config.image_size, require(variant), score_batch(pixels, variants)
+        config = tiny_detector.config
 
-    scorer = ChunkScorer(score, tiny_detector.config.image_size)
-    got = evaluate_samples(scorer, zpath, ("tf", "ft"), workdir=tmp_path, gallery=0, batch_size=4)
+        def require(self, variant):
+            tiny_detector.require(variant)
+
+        def score_batch(self, pixels, variants):
+            calls.append((len(pixels), tuple(variants)))
+            return tiny_detector.score_batch(pixels, variants)
+
+    got = evaluate_samples(Counted(), zpath, ("tf", "ft"), workdir=tmp_path, gallery=0, batch_size=4)
     want = evaluate_samples(tiny_detector, zpath, ("tf", "ft"), workdir=tmp_path, gallery=0, batch_size=4)
     assert calls == [(4, ("tf", "ft")), (2, ("tf", "ft"))] * 2  # two classes of 6 images, batches of 4
     assert not [p for p in got.plots if p.name.startswith("gallery")] and got.mistakes == []  # gallery=0
@@ -207,8 +210,6 @@ def test_chunk_scorer_runs_the_model_once_per_batch(dataset, tiny_detector, tmp_
     for v in ("tf", "ft"):
         for k in METRICS:
             assert got.metrics[v]["mean"][k] == pytest.approx(want.metrics[v]["mean"][k], abs=TOL)
-    with pytest.raises(MRADError, match="MRAD-CLIP did not run"):
-        ChunkScorer(lambda p, v: {"tf": None}).score(object(), "clip")
 
 
 def test_entry_with_a_bad_checksum_is_skipped(tmp_path):
