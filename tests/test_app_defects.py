@@ -166,6 +166,7 @@ def test_evaluate_figures_are_shown_whole(served, page, tmp_path):
     page.click("#run-eval")
     page.wait_for_function("() => document.querySelector('#eval-report').innerText.includes('images evaluated')")
     for gallery in ("#eval-plots", "#eval-mistakes"):
+        page.locator(gallery).scroll_into_view_if_needed()  # its images load lazily, as the user scrolls to them
         page.wait_for_function(f"() => [...document.querySelectorAll('{gallery} img')].some(i => i.naturalWidth)")
         shown = page.locator(f"{gallery} img").evaluate_all(
             "els => els.filter(e => e.naturalWidth).map(e => ({fit: getComputedStyle(e).objectFit,"
@@ -173,6 +174,12 @@ def test_evaluate_figures_are_shown_whole(served, page, tmp_path):
         assert shown, gallery
         for im in shown:  # the whole figure: scaled to fit (never cropped to fill the thumbnail)
             assert im["fit"] in ("contain", "scale-down") or abs(im["box"] / im["natural"] - 1) < 0.02, (gallery, im)
+        # and not cut by a scroll window: the gallery's box holds every figure's box whole
+        clipped = page.locator(gallery).evaluate(
+            "g => { const wrap = g.querySelector('.grid-wrap') || g; const w = wrap.getBoundingClientRect();"
+            " return [...g.querySelectorAll('img')].map(i => i.getBoundingClientRect())"
+            ".filter(r => r.top < w.top - 1 || r.bottom > w.bottom + 1).length }")
+        assert clipped == 0, gallery
 
 
 def boxes(page, *selectors) -> dict:

@@ -64,6 +64,11 @@ def samples_of(zip_file, good=None, bad=None, masks=None, max_images: int = MAX_
     return labelled
 
 
+# Gradio's gallery scrolls inside a fixed 450 px window even with height="auto": tall figures (the worst mistakes, a
+# row per image) then show only their top. The figure galleries grow to their content instead.
+FIGURES_CSS = ("#eval-plots .grid-wrap, #eval-mistakes .grid-wrap {height: auto !important; max-height: none "
+               "!important; overflow: visible !important}\n")
+
 class EvaluateTab:
     def __init__(self, page):
         self.page = page

@@ -6,6 +6,7 @@ import json
 import gradio as gr
 
 from .detect import NARROW_CSS
+from .evaluate_tab import FIGURES_CSS
 
 def api_defaults_middleware(defaults: dict):
     """ASGI middleware: a POST to /gradio_api/call/<name> with fewer `data` items than the endpoint takes gets the
@@ -54,4 +55,4 @@ def launch_kwargs(settings, api_defaults: dict) -> dict:
 
     return {"max_file_size": settings.max_file_size, "theme": gr.themes.Soft(),
             "app_kwargs": {"middleware": [Middleware(api_defaults_middleware(api_defaults))]},
-            "css": ".stale {opacity: 0.45}\n" + NARROW_CSS}
+            "css": ".stale {opacity: 0.45}\n" + NARROW_CSS + FIGURES_CSS}
