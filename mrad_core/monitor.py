@@ -423,5 +423,12 @@ class StreamScorer:
         with self._done:
             return self._done.wait_for(lambda: self.scored >= n, timeout)
 
-    def close(self):
+    def close(self, timeout: float | None = 0) -> bool:
+        """No more frames; waits up to `timeout` seconds (None: as long as it takes) for the frame being scored and
+        the thread to end. True when no thread runs any more."""
         self.slot.close()
+        with self._lock:
+            thread = self._thread
+        if thread is not None and timeout != 0:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()

@@ -79,3 +79,5 @@ def test_fake_camera_gets_live_scores_and_a_growing_timeline(served, tmp_path):
             raise
         finally:
             browser.close()
+            for session in _sessions(page_obj):  # no scoring thread outlives the test
+                assert session.close(timeout=300)

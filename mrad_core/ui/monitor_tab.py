@@ -83,8 +83,8 @@ class LiveSession:
         return (" | ".join(parts) + f"  \n{self.monitor.scored_frames} frames scored · {self.fps():.1f} frames/s · "
                 f"{self.stream.dropped} dropped (newest frame wins)")
 
-    def close(self):
-        self.stream.close()
+    def close(self, timeout: float | None = 0) -> bool:
+        return self.stream.close(timeout)
 
 
 def overlay_tiles(display, results: dict, record: dict) -> np.ndarray:
