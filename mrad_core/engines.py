@@ -196,8 +196,8 @@ class OpenVINOEngine:
     def compiled(self, precision: str):
         self.check(precision)
         if precision not in self._compiled:
-            # the compiled model copies the weights into its own layout: the IR read here is let go afterwards, so
-            # the weights are not held twice in steady state (no madvise: see memory.py)
+            # the compiled model holds what it needs (OpenVINO may keep the IR's clean file pages mapped); the model
+            # read here is let go afterwards (no madvise: see memory.py)
             model = self.core.read_model(self.xml)
             size = self.config.image_size  # one image per inference: a static shape, and no batch-sized working
             model.reshape([1, 3, size, size])  # memory (on a CPU larger batches are no faster: bench/bench.py)

@@ -1,10 +1,11 @@
 """How much memory this process holds: `rss_mb()` (current and peak RSS), `resident_kb(path)` (how much of a mapped file
 is resident), `mapped_ranges(path)` (this process's mappings of a file), from /proc (empty elsewhere).
 
-Nothing here gives memory back with madvise or malloc_trim any more: on this project's CI machines (a Firecracker
-kernel, 6.18) full runs of the test suite that called MADV_PAGEOUT on the OpenVINO IR's mapping or glibc's malloc_trim
-died of a segmentation fault in a later, unrelated test (never in the call itself). The OpenVINO engine lets go
-of the IR it read once compiled instead (engines.OpenVINOEngine.compiled).
+Nothing here gives memory back with madvise or malloc_trim any more. Both were removed while chasing segmentation
+faults of the test suite on this project's CI machines (Firecracker, kernel 6.18): long runs crashed in later,
+unrelated tests after `malloc_trim`, and one crashed in this module's MADV_PAGEOUT test; the full suite in one
+process still crashed without either, so neither is proven the cause (see tests/run_all.py). The OpenVINO engine
+lets go of the IR it read once compiled instead (engines.OpenVINOEngine.compiled).
 """
 from __future__ import annotations
 
