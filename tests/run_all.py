@@ -5,8 +5,8 @@
     python tests/run_all.py -x -q      # arguments go to both runs
 
 Why two processes: on the CI machines a single process running the whole suite died of a segmentation fault in a
-later, unrelated test, at a different test each time, always after the app's tests (run alone, each half passes);
-see the closing notes of issue 19. The exit status is the first run's that failed, else 0.
+later, unrelated test, at a different test each time, always after the app's tests; the cause is not found (the
+closing note of issues 19-23 has what was tried). The exit status is the first run's that failed, else 0.
 """
 from __future__ import annotations
 
