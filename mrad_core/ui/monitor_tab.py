@@ -306,12 +306,12 @@ class MonitorTab:
     def reclassify(self, state, threshold=0.5, profile_file=None, baseline=30):
         """Another threshold or profile: the same scores (session state), no model call."""
         if not state:
-            return {}
+            return gr.skip()  # nothing scored yet: no update (an empty dict would be too few outputs)
         return self.outputs(state, self.monitor_of(state, threshold, profile_file, baseline))
 
     def show_frame(self, state, i):
         if not state or not state.get("previews"):
-            return {}
+            return gr.skip()  # nothing scored yet: no update (an empty dict would be too few outputs)
         i = min(max(0, int(i or 0)), len(state["previews"]) - 1)
         return {self.frame_view: state["previews"][i], self.frame_text: self.frame_md(state.get("records", []), i)}
 
@@ -331,7 +331,7 @@ class MonitorTab:
         if self.page.settings.zero_gpu:
             raise gr.Error(CAMERA_ON_ZEROGPU)
         if image is None:
-            return {}
+            return gr.skip()  # nothing scored yet: no update (an empty dict would be too few outputs)
         try:
             key = (tuple(v for v in VARIANTS if v in (variants or [])), self.page.source_of(source), bank_id,
                    float(threshold))
