@@ -69,6 +69,7 @@ def samples_of(zip_file, good=None, bad=None, masks=None, max_images: int = MAX_
 FIGURES_CSS = ("#eval-plots .grid-wrap, #eval-mistakes .grid-wrap {height: auto !important; max-height: none "
                "!important; overflow: visible !important}\n")
 
+
 class EvaluateTab:
     def __init__(self, page):
         self.page = page
